@@ -1,0 +1,91 @@
+"""Plain values shared by the modules of wkd: frozen dataclasses and string enums, no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class TokenState(enum.StrEnum):
+    # A staged token is being introduced by a rewrap and is not yet trusted for unlocking
+    # unless every active token fails (docs/token-format.md, "Rewrap protocol").
+    ACTIVE = "active"
+    STAGED = "staged"
+
+
+class Backend(enum.StrEnum):
+    PKCS11 = "pkcs11"
+
+
+class Mechanism(enum.StrEnum):
+    # CKM_AES_KEY_WRAP_PAD (PKCS#11 v2.40 §2.14.4), i.e. RFC 5649 AES key wrap with padding.
+    AES_KEY_WRAP_PAD = "aes-key-wrap-pad"
+
+
+class HsmState(enum.StrEnum):
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class KekInfo:
+    """A key-encryption key as listed by the HSM (never its value: it is not extractable)."""
+
+    label: str
+    key_id: str  # CKA_ID as lowercase hex
+    key_bits: int
+
+
+@dataclass(frozen=True, slots=True)
+class HsmInfo:
+    backend: Backend
+    module: str  # path of the PKCS#11 module
+    token_label: str
+    manufacturer: str
+    model: str
+    software: bool  # True for SoftHSM2 or any token that says it is not hardware
+    embedded: bool  # True for the daemon's own SoftHSM2 token in its state directory
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A volume key wrapped under a KEK. Not secret on disk, but still never logged or sent
+    over the bus: the blob plus a stolen HSM PIN is all an attacker needs."""
+
+    kek_label: str
+    kek_id: str
+    mechanism: Mechanism
+    blob: bytes
+    key_bytes: int  # length of the clear key the blob wraps
+
+    def __repr__(self) -> str:
+        return (
+            f"WrappedKey(kek_label={self.kek_label!r}, kek_id={self.kek_id!r}, "
+            f"mechanism={self.mechanism.value!r}, blob=<{len(self.blob)} bytes>, "
+            f"key_bytes={self.key_bytes})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    name: str
+    device: str  # /dev/mapper/<name>
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    uuid: str
+    device: str
+    kek_label: str
+    kek_id: str
+    cipher: str  # e.g. "aes-xts-plain64"
+    key_bits: int
+    auto_unlock: bool
+    created: str  # RFC 3339 UTC
+    mapping: Mapping | None  # None when locked (or when mapping state is unknown)
+    label: str = ""  # LUKS2 label, may be empty
+
+    @property
+    def active(self) -> bool:
+        return self.mapping is not None
