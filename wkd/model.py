@@ -89,3 +89,58 @@ class VolumeInfo:
     @property
     def active(self) -> bool:
         return self.mapping is not None
+
+
+class VolumeEventKind(enum.StrEnum):
+    ADDED = "added"
+    CHANGED = "changed"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeEvent:
+    kind: VolumeEventKind
+    uuid: str
+    info: VolumeInfo | None  # None for REMOVED
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked, as the bus (or the process table) says: for logs and authorization."""
+
+    uid: int
+    pid: int | None = None
+    bus_name: str | None = None
+
+
+SYSTEM_CALLER = Caller(uid=0, pid=None, bus_name=None)
+
+
+@dataclass(frozen=True, slots=True)
+class FormatOptions:
+    force: bool = False  # format even over an existing signature (never over a mapped/mounted one)
+    auto_unlock: bool = False  # unlock when hot-plugged
+    label: str | None = None  # LUKS2 label
+    key_bits: int | None = None  # 256 or 512; None -> config default
+    recovery_passphrase: bytes | None = None  # adds a pbkdf2/argon keyslot the admin holds
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockOptions:
+    name: str | None = None  # mapping name; None -> "wkd-<uuid>"
+    read_only: bool = False
+    verify_only: bool = False  # check the HSM can open it; activate nothing
+    allow_discards: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LockOptions:
+    deferred: bool = False  # defer removal until the last user closes it (dm deferred remove)
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapAllResult:
+    total: int
+    rewrapped: int
+    skipped: int  # already under the target KEK
+    failed: tuple[tuple[str, str], ...]  # (uuid, error name)
