@@ -16,7 +16,10 @@ from typing import Final
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mlock.restype = ctypes.c_int
 _libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munlock.restype = ctypes.c_int
+_libc.prctl.restype = ctypes.c_int
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 
@@ -51,7 +54,7 @@ class SecretKey:
         self._addr = ctypes.addressof(buf)
         # mlock can fail under a tight RLIMIT_MEMLOCK; the key is still wiped, so carry on
         # rather than refuse service, and let `locked` tell the truth.
-        self._locked = _libc.mlock(self._addr, size) == 0
+        self._locked = int(_libc.mlock(self._addr, size)) == 0
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray) -> SecretKey:
@@ -153,4 +156,4 @@ def make_process_undumpable() -> None:
 
 
 def process_dumpable() -> bool:
-    return bool(_libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
+    return int(_libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)) == 1
