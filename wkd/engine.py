@@ -64,7 +64,6 @@ class _Header:
     uuid: str
     label: str
     cipher: str
-    key_bytes: int
     tokens: dict[int, WkdToken]
     invalid_tokens: tuple[int, ...]
 
@@ -82,7 +81,7 @@ def _read_header(path: str) -> _Header:
                 log.warning("%s: ignoring malformed wkd token %d: %s", path, tid, e)
                 invalid.append(tid)
         return _Header(path=path, uuid=dev.uuid, label=dev.label or "",
-                       cipher=f"{dev.cipher}-{dev.cipher_mode}", key_bytes=dev.volume_key_size,
+                       cipher=f"{dev.cipher}-{dev.cipher_mode}",
                        tokens=tokens, invalid_tokens=tuple(invalid))
 
 
@@ -240,7 +239,10 @@ class Engine:
             mapping = Mapping(name=name, device=f"/dev/mapper/{name}",
                               read_only=_dm_read_only(name))
         return VolumeInfo(uuid=header.uuid, device=header.path, kek_label=best.kek_label,
-                          kek_id=best.kek_id, cipher=header.cipher, key_bits=header.key_bytes * 8,
+                          kek_id=best.kek_id, cipher=header.cipher,
+                          # The size comes from the token: a header without keyslots does not
+                          # record it (libcryptsetup reports 0 after crypt_load).
+                          key_bits=best.key_bytes * 8,
                           auto_unlock=best.auto_unlock, created=best.created, mapping=mapping,
                           label=header.label)
 

@@ -1,0 +1,7 @@
+"""python3 -m wkd runs the daemon."""
+
+import sys
+
+from wkd.daemon import main
+
+sys.exit(main())

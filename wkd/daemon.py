@@ -1,0 +1,226 @@
+"""The composition root: `wkd` (the daemon) and its boot-time subcommands.
+
+    wkd [--bus-address ADDR] [--state-dir DIR] [--config FILE]   run the daemon
+    wkd attach NAME [--wkdtab PATH]   unlock a wkdtab entry without D-Bus (boot units)
+    wkd detach NAME                   lock it again
+
+This module only wires parts together; each part lives in its own module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from wkd import __version__, errors, systemd
+from wkd.config import Config, load_config
+from wkd.engine import Engine
+from wkd.hsm.pin import read_pin
+from wkd.hsm.pkcs11 import Pkcs11Backend
+from wkd.log import MessageId, log_event, setup_logging
+from wkd.model import LockOptions, UnlockOptions
+from wkd.secret import make_process_undumpable
+
+log = logging.getLogger("wkd.daemon")
+
+
+def make_engine(config: Config) -> Engine:
+    """The engine on the configured HSM, or on the embedded SoftHSM2 token by default."""
+    if config.embedded:
+        from wkd.hsm.softhsm import ensure_embedded_token  # noqa: PLC0415 - embedded only
+
+        token = ensure_embedded_token(config.daemon.state_dir)
+        backend = Pkcs11Backend(token.module, token.token_label,
+                                read_pin(token.pin_file, credential=None), embedded=True)
+    else:
+        backend = Pkcs11Backend(config.hsm.module, config.hsm.token_label,
+                                read_pin(config.hsm.pin_file or None))
+    return Engine(backend, config)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, object] = {}
+    if getattr(args, "state_dir", None):
+        overrides["daemon.state_dir"] = os.path.abspath(args.state_dir)
+    return load_config(args.config, overrides=overrides)
+
+
+async def run_daemon(config: Config, bus_address: str | None) -> int:
+    from wkd.service import serve  # noqa: PLC0415 - D-Bus is only needed by the daemon proper
+
+    os.makedirs(config.daemon.state_dir, mode=0o700, exist_ok=True)
+    engine = make_engine(config)
+    systemd.status("opening the HSM")
+    await engine.start()
+    info = await engine.hsm_info()
+    kind = "SOFTWARE token (SoftHSM2)" if info.software else "hardware token"
+    embedded = ", embedded in " + config.daemon.state_dir if info.embedded else ""
+    handle = await serve(engine, bus_address)
+    hotplug = _start_hotplug(engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log_event(log, MessageId.DAEMON_STARTED,
+              f"wkd {__version__} ready: HSM {info.token_label!r} is a {kind}{embedded}",
+              operation="start", result="ok")
+    systemd.ready(f"serving; HSM token {info.token_label} ({kind})")
+    watchdog = asyncio.create_task(systemd.watchdog_loop())
+    closed = asyncio.create_task(handle.wait_closed())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    systemd.stopping()
+    for task in (watchdog, closed, stopped):
+        task.cancel()
+    if hotplug is not None:
+        hotplug.close()
+    await handle.close()
+    await engine.stop()
+    return 0
+
+
+def _start_hotplug(engine: Engine) -> _Hotplug | None:
+    try:
+        return _Hotplug(engine)
+    except Exception as e:  # udev is optional: containers and CI hosts have no udevd
+        log.info("hot-plug monitoring is off: %s", e)
+        return None
+
+
+class _Hotplug:
+    """Auto-unlock of marked volumes when their disk appears (wkd.udev decides, we act)."""
+
+    def __init__(self, engine: Engine) -> None:
+        from wkd.udev import UdevMonitor  # noqa: PLC0415 - pyudev needs a udev-managed /dev
+
+        self._engine = engine
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._monitor = UdevMonitor(asyncio.get_running_loop(), self._on_unlock,
+                                    self._on_cleanup, self._is_auto_unlock)
+
+    def close(self) -> None:
+        self._monitor.close()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _is_auto_unlock(self, devnode: str, uuid: str | None) -> bool:
+        from wkd.engine import _read_header  # noqa: PLC0415
+
+        try:
+            header = _read_header(devnode)
+        except errors.WkdError:
+            return False
+        return any(t.auto_unlock for t in header.tokens.values())
+
+    def _on_unlock(self, devnode: str, uuid: str | None) -> None:
+        self._spawn(self._unlock(devnode))
+
+    def _on_cleanup(self, uuid: str) -> None:
+        self._spawn(self._cleanup(uuid))
+
+    async def _unlock(self, devnode: str) -> None:
+        info = await self._engine.add_device(devnode)
+        if info is None:
+            return
+        try:
+            await self._engine.unlock(info.uuid, UnlockOptions())
+        except errors.WkdError as e:
+            log.warning("auto-unlock of %s failed: %s", devnode, e)
+
+    async def _cleanup(self, uuid: str) -> None:
+        from wkd import devices, luks2  # noqa: PLC0415
+
+        name = devices.find_mapping(uuid)
+        if name is not None:
+            try:
+                await asyncio.to_thread(luks2.deactivate, name, deferred=True)
+            except errors.WkdError as e:
+                log.warning("removing the mapping %s of vanished volume %s failed: %s",
+                            name, uuid, e)
+        await self._engine.remove_device(uuid)
+
+
+async def _attach(config: Config, name: str, wkdtab: str) -> int:
+    from wkd.wkdtab import load_wkdtab  # noqa: PLC0415
+
+    entry = next((e for e in load_wkdtab(wkdtab) if e.name == name), None)
+    if entry is None:
+        raise errors.VolumeNotFound(f"{wkdtab} has no entry named {name}")
+    engine = make_engine(config)
+    await engine.start()
+    try:
+        device = entry.resolve_device()
+        await engine.unlock(device, UnlockOptions(name=name, read_only=entry.read_only,
+                                                  allow_discards=entry.discard))
+    finally:
+        await engine.stop()
+    return 0
+
+
+async def _detach(config: Config, name: str) -> int:
+    from wkd import devices, luks2  # noqa: PLC0415
+
+    if not any(dm.name == name for dm in devices.dm_devices()):
+        return 0  # already detached: stopping a unit twice is not an error
+    await asyncio.to_thread(luks2.deactivate, name)
+    log_event(log, MessageId.VOLUME_LOCKED, f"detached {name}", operation="lock", result="ok",
+              mapping=name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wkd", description=(
+        "wrapped-key daemon: unlocks LUKS2 volumes whose keys are wrapped by an HSM-held KEK"))
+    p.add_argument("--version", action="version", version=f"wkd {__version__}")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="configuration file (default /etc/wkd/wkd.toml if it exists)")
+    p.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="state directory; holds the embedded SoftHSM2 token (default "
+                        "/var/lib/wkd)")
+    p.add_argument("--bus-address", metavar="ADDRESS", default=None,
+                   help="D-Bus address to serve on (default: the system bus)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-stderr", action="store_true",
+                   help="log to stderr even when journald is present")
+    sub = p.add_subparsers(dest="command")
+    a = sub.add_parser("attach", help="unlock a wkdtab entry directly (boot units use this)")
+    a.add_argument("name")
+    a.add_argument("--wkdtab", default="/etc/wkdtab")
+    d = sub.add_parser("detach", help="lock a mapping made by attach")
+    d.add_argument("name")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, force_stderr=args.log_stderr)
+    # Keys pass through this process: no core dumps, no ptrace by other uids.
+    make_process_undumpable()
+    try:
+        config = _load(args)
+        if args.command == "attach":
+            return asyncio.run(_attach(config, args.name, args.wkdtab))
+        if args.command == "detach":
+            return asyncio.run(_detach(config, args.name))
+        return asyncio.run(run_daemon(config, args.bus_address))
+    except errors.WkdError as e:
+        log.error("%s", e)  # noqa: TRY400 - a typed error is a message, not a crash
+        print(f"wkd: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
