@@ -1,0 +1,148 @@
+"""Decoding of the `a{sv}` options argument every org.wkd1 method takes.
+
+Pure: takes the dict of D-Bus variants a method received and returns the frozen option value
+from wkd.model, or raises a wkd.errors error naming the offending key. Unknown keys are refused
+(UnknownOption) rather than ignored, so a typo such as "readonly" can never silently give a
+writable mapping. Option keys use dashes, as UDisks2 and systemd do ("read-only").
+
+The key `interactive` (b) is accepted by every method: it lets a caller that cannot set the
+ALLOW_INTERACTIVE_AUTHORIZATION header flag (busctl can, older libraries cannot) ask polkit
+for an interactive authentication dialog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from wkd.errors import InvalidArgument, UnknownOption
+from wkd.model import FormatOptions, LockOptions, UnlockOptions
+from wkd.names import validate_mapping_name
+
+# Upper bounds on what a caller may send, checked before anything else looks at the value:
+# the bus accepts messages up to 128 MiB, the daemon has no reason to accept more than this.
+MAX_OPTIONS: Final = 32
+MAX_LABEL_CHARS: Final = 47  # LUKS2 label field: 48 bytes including the NUL (LUKS2 spec §2.1)
+MAX_PASSPHRASE_BYTES: Final = 512  # cryptsetup's default keyfile limit for passphrases is 512
+
+
+class _VariantLike(Protocol):
+    @property
+    def signature(self) -> str: ...
+
+    @property
+    def value(self) -> Any: ...
+
+
+Options = Mapping[str, _VariantLike]
+
+COMMON_KEYS: Final = frozenset({"interactive"})
+
+
+@dataclass(frozen=True, slots=True)
+class Common:
+    """Options every method accepts (they shape the call, not the operation)."""
+
+    interactive: bool = False
+
+
+def _check_keys(options: Options, allowed: frozenset[str], method: str) -> None:
+    if len(options) > MAX_OPTIONS:
+        raise InvalidArgument(f"too many options ({len(options)} > {MAX_OPTIONS})")
+    for key in options:
+        if key not in allowed and key not in COMMON_KEYS:
+            shown = key if len(key) <= 40 and key.isprintable() else key[:40].encode(
+                "unicode_escape").decode("ascii") + "..."
+            known = ", ".join(sorted(allowed | COMMON_KEYS))
+            raise UnknownOption(f"{method}: unknown option {shown!r} (known: {known})")
+
+
+def _get(options: Options, key: str, signature: str) -> Any:
+    variant = options[key]
+    if variant.signature != signature:
+        raise InvalidArgument(
+            f"option {key!r} must have type {signature!r}, not {variant.signature!r}"
+        )
+    return variant.value
+
+
+def _bool(options: Options, key: str) -> bool:
+    return bool(_get(options, key, "b"))
+
+
+def common(options: Options) -> Common:
+    """The options shared by every method; call after the method's own decoder."""
+    if "interactive" in options:
+        return Common(interactive=_bool(options, "interactive"))
+    return Common()
+
+
+def no_options(options: Options, method: str) -> Common:
+    """For methods that take only the common options."""
+    _check_keys(options, frozenset(), method)
+    return common(options)
+
+
+FORMAT_KEYS: Final = frozenset(
+    {"force", "auto-unlock", "label", "key-bits", "recovery-passphrase"}
+)
+
+
+def format_options(options: Options) -> FormatOptions:
+    _check_keys(options, FORMAT_KEYS, "Format")
+    label: str | None = None
+    if "label" in options:
+        label = _get(options, "label", "s")
+        assert isinstance(label, str)
+        if len(label.encode("utf-8")) > MAX_LABEL_CHARS:
+            raise InvalidArgument(f"label must be at most {MAX_LABEL_CHARS} bytes")
+        if not label.isprintable():
+            raise InvalidArgument("label must contain printable characters only")
+    key_bits: int | None = None
+    if "key-bits" in options:
+        key_bits = int(_get(options, "key-bits", "u"))
+        if key_bits not in (256, 512):
+            raise InvalidArgument(f"key-bits must be 256 or 512, not {key_bits}")
+    passphrase: bytes | None = None
+    if "recovery-passphrase" in options:
+        # "ay", not "s": a passphrase is bytes, and "ay" keeps it out of string handling.
+        raw = _get(options, "recovery-passphrase", "ay")
+        passphrase = bytes(raw)
+        if not 1 <= len(passphrase) <= MAX_PASSPHRASE_BYTES:
+            raise InvalidArgument(
+                f"recovery-passphrase must be 1..{MAX_PASSPHRASE_BYTES} bytes long"
+            )
+    return FormatOptions(
+        force=_bool(options, "force") if "force" in options else False,
+        auto_unlock=_bool(options, "auto-unlock") if "auto-unlock" in options else False,
+        label=label,
+        key_bits=key_bits,
+        recovery_passphrase=passphrase,
+    )
+
+
+UNLOCK_KEYS: Final = frozenset({"name", "read-only", "verify-only", "allow-discards"})
+
+
+def unlock_options(options: Options) -> UnlockOptions:
+    _check_keys(options, UNLOCK_KEYS, "Unlock")
+    name: str | None = None
+    if "name" in options:
+        name = validate_mapping_name(_get(options, "name", "s"))
+    return UnlockOptions(
+        name=name,
+        read_only=_bool(options, "read-only") if "read-only" in options else False,
+        verify_only=_bool(options, "verify-only") if "verify-only" in options else False,
+        allow_discards=(
+            _bool(options, "allow-discards") if "allow-discards" in options else False
+        ),
+    )
+
+
+LOCK_KEYS: Final = frozenset({"deferred"})
+
+
+def lock_options(options: Options) -> LockOptions:
+    _check_keys(options, LOCK_KEYS, "Lock")
+    return LockOptions(deferred=_bool(options, "deferred") if "deferred" in options else False)

@@ -1,0 +1,103 @@
+"""Per-call plumbing of the D-Bus adapter: who sent the call being handled, and error mapping.
+
+dbus-fast does not hand the message (so neither the sender nor the header flags) to a
+ServiceInterface method. A low-level message handler sees every message first, synchronously,
+in `BaseMessageBus._process_message`, before the method dispatch that creates the handler's
+asyncio task; `asyncio` copies the current `contextvars` context into a task when it is
+created. So: the handler records the call in a ContextVar, and the method's task reads it.
+This relies on dbus-fast's dispatch order, which tests/bus/test_sender_pinning.py pins.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from dbus_fast import DBusError, Message, MessageFlag, MessageType
+
+from wkd.errors import ERROR_PREFIX, InvalidArgument, NotAuthorized, WkdError
+
+log = logging.getLogger(__name__)
+
+FAILED_NAME: Final = ERROR_PREFIX + "Failed"
+FAILED_MESSAGE: Final = "internal error; see the wkd journal"
+# A bound on every string argument, checked before anything else reads it: PATH_MAX for
+# device paths is the largest legitimate value (linux/limits.h).
+MAX_STRING: Final = 4096
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    sender: str
+    allow_interactive: bool  # the ALLOW_INTERACTIVE_AUTHORIZATION header flag (D-Bus spec)
+    serial: int
+
+
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+    "wkd_current_call", default=None
+)
+
+
+def make_recorder(interfaces: frozenset[str]) -> Callable[[Message], bool]:
+    """A `bus.add_message_handler` callback that records method calls to `interfaces`.
+
+    It returns False so dbus-fast goes on dispatching the message as usual.
+    """
+
+    def record(msg: Message) -> bool:
+        if msg.message_type is MessageType.METHOD_CALL:
+            if msg.interface in interfaces and msg.sender:
+                _current.set(CallInfo(
+                    sender=msg.sender,
+                    allow_interactive=bool(
+                        msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
+                    serial=msg.serial,
+                ))
+            else:
+                # Never let a stale record reach another method's task.
+                _current.set(None)
+        return False
+
+    return record
+
+
+def current_call() -> CallInfo:
+    info = _current.get()
+    if info is None:
+        # Without a recorded sender there is nobody to authorize: refuse.
+        raise NotAuthorized("could not identify the caller on the bus")
+    return info
+
+
+def check_string(value: object, what: str) -> str:
+    """Refuse non-strings, NULs and over-long strings before they reach the engine."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string")
+    if len(value) > MAX_STRING:
+        raise InvalidArgument(f"{what} is too long ({len(value)} > {MAX_STRING} characters)")
+    if "\0" in value:
+        raise InvalidArgument(f"{what} must not contain NUL characters")
+    return value
+
+
+async def guarded(what: str, body: Callable[[], Awaitable[T]]) -> T:
+    """Run one method body; map every failure to a DBusError with no internals.
+
+    WkdError -> its own D-Bus name and message. Anything else is a bug: the traceback goes
+    to the log, the caller gets org.wkd1.Error.Failed and a fixed message.
+    """
+    try:
+        return await body()
+    except WkdError as e:
+        raise DBusError(e.dbus_name, e.message) from None
+    except DBusError as e:
+        # Raised by our own code only on purpose (never carries internals); keep it.
+        raise DBusError(e.type, e.text) from None
+    except Exception:
+        log.exception("internal error in %s", what)
+        raise DBusError(FAILED_NAME, FAILED_MESSAGE) from None
