@@ -1,7 +1,7 @@
 """The LUKS2 token of type "wkd": JSON text <-> `WkdToken`, with strict validation.
 
 A LUKS2 header keeps tokens as JSON objects in its `tokens` section (LUKS2 On-Disk Format
-Specification, §3.6 "Tokens"). libcryptsetup requires a string "type" and a "keyslots"
+Specification, section "Tokens"). libcryptsetup requires a string "type" and a "keyslots"
 array of keyslot-number strings, refuses types starting with "luks2-" (reserved for its
 built-in tokens), and hands the object back from crypt_token_json_get() exactly as stored:
 it adds no keys of its own. Everything else in the object is ours; its schema is
