@@ -24,7 +24,7 @@ from wkd.engine import Engine
 from wkd.hsm.pin import read_pin
 from wkd.hsm.pkcs11 import Pkcs11Backend
 from wkd.log import MessageId, log_event, setup_logging
-from wkd.model import LockOptions, UnlockOptions
+from wkd.model import UnlockOptions
 from wkd.secret import make_process_undumpable
 
 log = logging.getLogger("wkd.daemon")
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_detach(config, args.name))
         return asyncio.run(run_daemon(config, args.bus_address))
     except errors.WkdError as e:
-        log.error("%s", e)  # noqa: TRY400 - a typed error is a message, not a crash
+        log.error("%s", e)
         print(f"wkd: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

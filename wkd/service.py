@@ -41,12 +41,13 @@ from wkd.service_objects import (
     VOLUME_PREFIX,
     Bool,
     JobObject,
-    ObjectManagerObject,
     ObjPath,
     Opts,
     Str,
     Void,
     VolumeObject,
+    interfaces_added,
+    interfaces_removed,
     uuid_from_path,
     volume_path,
 )
@@ -61,30 +62,14 @@ KekList = Annotated[list[list[Any]], DBusSignature("a(ssu)")]
 PathList = Annotated[list[str], DBusSignature("ao")]
 
 
-def _job_variants(job: JobObject) -> dict[str, Variant]:
-    out: dict[str, Variant] = {}
-    for name, sig in (("Operation", "s"), ("StartedBy", "u"), ("State", "s"),
-                      ("Progress", "d"), ("Done", "u"), ("Total", "u"), ("Current", "s"),
-                      ("ErrorName", "s"), ("Result", "(uuua(ss))")):
-        out[name] = Variant(sig, _job_value(job, name))
-    return out
-
-
-def _job_value(job: JobObject, name: str) -> Any:
-    getters: dict[str, Callable[[], Any]] = {
-        "Operation": job.operation, "StartedBy": job.started_by, "State": job.state_prop,
-        "Progress": job.progress_prop, "Done": job.done, "Total": job.total,
-        "Current": job.current, "ErrorName": job.error_name, "Result": job.result,
-    }
-    return getters[name]()
-
-
 class _Bus(MessageBus):
     """dbus-fast's bus, minus its ObjectManager signals for our subtree.
 
     dbus-fast emits InterfacesAdded/Removed from the exported object's own path on every
-    export; the D-Bus spec wants them from the ObjectManager's path, which
-    ObjectManagerObject does. Dropping dbus-fast's copy avoids every client seeing two.
+    export; the D-Bus spec wants them from the ObjectManager's path (/org/wkd1), which
+    service_objects.interfaces_added does. Dropping dbus-fast's copy avoids clients seeing
+    two. (dbus-fast itself answers GetManagedObjects and lists the ObjectManager interface
+    in every node's introspection.)
     """
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
@@ -107,7 +92,6 @@ class Service:
         self.bus = bus
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self.object_manager = ObjectManagerObject()
         self.volumes: dict[str, VolumeObject] = {}
         self.jobs: dict[str, JobObject] = {}
         self._job_numbers = itertools.count(1)
@@ -143,14 +127,14 @@ class Service:
         obj = VolumeObject(info, self)
         self.volumes[info.uuid] = obj
         self.bus.export(obj.path, obj)
-        self.object_manager.interfaces_added(obj.path, {VOLUME_IFACE: obj.variants()})
+        interfaces_added(self.bus, obj.path, {VOLUME_IFACE: obj.variants()})
         return obj.path
 
     def drop_volume(self, uuid: str) -> None:
         obj = self.volumes.pop(uuid, None)
         if obj is not None:
             self.bus.unexport(obj.path, obj)
-            self.object_manager.interfaces_removed(obj.path, [VOLUME_IFACE])
+            interfaces_removed(self.bus, obj.path, [VOLUME_IFACE])
 
     # --- helpers ----------------------------------------------------------------------
     async def authorize(self, action: Action, common: busopts.Common) -> Caller:
@@ -242,7 +226,7 @@ class Service:
         job = JobObject(next(self._job_numbers), "rewrap-all", caller.uid)
         self.jobs[job.path] = job
         self.bus.export(job.path, job)
-        self.object_manager.interfaces_added(job.path, {JOB_IFACE: _job_variants(job)})
+        interfaces_added(self.bus, job.path, {JOB_IFACE: job.variants()})
         task = asyncio.create_task(self._run_rewrap_all(job, src, dst, caller))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -274,7 +258,7 @@ class Service:
     def _drop_job(self, job: JobObject) -> None:
         if self.jobs.pop(job.path, None) is not None:
             self.bus.unexport(job.path, job)
-            self.object_manager.interfaces_removed(job.path, [JOB_IFACE])
+            interfaces_removed(self.bus, job.path, [JOB_IFACE])
 
     async def list_volumes(self, options: dict[str, Variant]) -> list[str]:
         busopts.no_options(options, "ListVolumes")
@@ -412,7 +396,6 @@ async def serve(engine: Engine, bus_address: str | None, *,
         svc.hsm_info = await engine.hsm_info()
     except WkdError as e:
         log.warning("HSM information unavailable: %s", e.message)
-    bus.export(ROOT_PATH, svc.object_manager)
     bus.export(ROOT_PATH, Manager(svc))
     # Subscribe before enumerating (STYLE principle 6): a volume that appears in between is
     # published by the event, and publishing twice is harmless.

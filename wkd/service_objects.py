@@ -1,4 +1,4 @@
-"""The per-volume and per-job D-Bus objects and the ObjectManager declaration.
+"""The per-volume and per-job D-Bus objects and the ObjectManager signals.
 
 Thin: a VolumeObject holds the last VolumeInfo the engine published and forwards its methods
 to the service (`VolumeOps`); a JobObject mirrors a RewrapAll task's progress. No method,
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final, Protocol
 
-from dbus_fast import PropertyAccess, Variant
+from dbus_fast import Message, PropertyAccess, Variant
+from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import (
     ServiceInterface,
@@ -38,14 +39,8 @@ Double = Annotated[float, DBusSignature("d")]
 ObjPath = Annotated[str, DBusSignature("o")]
 Opts = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 ResultT = Annotated[list[Any], DBusSignature("(uuua(ss))")]
-IfacesAndProps = Annotated[dict[str, dict[str, Variant]], DBusSignature("a{sa{sv}}")]
-StrList = Annotated[list[str], DBusSignature("as")]
-ManagedObjects = Annotated[dict[str, dict[str, dict[str, Variant]]],
-                           DBusSignature("a{oa{sa{sv}}}")]
 CompletedT = Annotated[list[Any], DBusSignature("bsuu")]
-ObjAndIfaces = Annotated[list[Any], DBusSignature("oa{sa{sv}}")]
 Void = Annotated[None, DBusSignature("")]
-ObjAndNames = Annotated[list[Any], DBusSignature("oas")]
 
 READ = PropertyAccess.READ
 
@@ -210,6 +205,19 @@ class JobObject(ServiceInterface):
     def state(self) -> str:
         return self._state
 
+    def variants(self) -> dict[str, Variant]:
+        return {
+            "Operation": Variant("s", self._operation),
+            "StartedBy": Variant("u", self._started_by),
+            "State": Variant("s", self._state),
+            "Progress": Variant("d", self._progress()),
+            "Done": Variant("u", self._done),
+            "Total": Variant("u", self._total),
+            "Current": Variant("s", self._current),
+            "ErrorName": Variant("s", self._error),
+            "Result": Variant("(uuua(ss))", self._result_value()),
+        }
+
     def progress(self, done: int, total: int, current: str) -> None:
         changed: dict[str, Any] = {}
         if done != self._done:
@@ -293,27 +301,18 @@ class JobObject(ServiceInterface):
         return self._result_value()
 
 
-class ObjectManagerObject(ServiceInterface):
-    """org.freedesktop.DBus.ObjectManager at /org/wkd1 (D-Bus spec, "ObjectManager").
+def interfaces_added(bus: MessageBus, path: str,
+                     interfaces: dict[str, dict[str, Variant]]) -> None:
+    """Send org.freedesktop.DBus.ObjectManager.InterfacesAdded from /org/wkd1.
 
-    dbus-fast answers GetManagedObjects itself (its built-in handler runs before exported
-    interfaces are consulted), but it neither lists the interface in /org/wkd1's
-    introspection nor sends InterfacesAdded/Removed from the manager's path as the spec
-    requires. This object declares the interface and sends those signals.
+    The D-Bus spec ("org.freedesktop.DBus.ObjectManager") has the manager object send these;
+    dbus-fast sends them from the exported object's own path instead, which clients that
+    match on the manager's path (GDBusObjectManagerClient, busctl monitor) would miss.
     """
+    bus.send(Message.new_signal(ROOT_PATH, OBJECT_MANAGER_IFACE, "InterfacesAdded",
+                                "oa{sa{sv}}", [path, interfaces]))
 
-    def __init__(self) -> None:
-        super().__init__(OBJECT_MANAGER_IFACE)
 
-    @dbus_method(name="GetManagedObjects")
-    def get_managed_objects(self) -> ManagedObjects:  # pragma: no cover - see docstring
-        return {}
-
-    @dbus_signal(name="InterfacesAdded")
-    def interfaces_added(self, path: str,
-                         interfaces: dict[str, dict[str, Variant]]) -> ObjAndIfaces:
-        return [path, interfaces]
-
-    @dbus_signal(name="InterfacesRemoved")
-    def interfaces_removed(self, path: str, interfaces: list[str]) -> ObjAndNames:
-        return [path, interfaces]
+def interfaces_removed(bus: MessageBus, path: str, interfaces: list[str]) -> None:
+    bus.send(Message.new_signal(ROOT_PATH, OBJECT_MANAGER_IFACE, "InterfacesRemoved",
+                                "oas", [path, interfaces]))

@@ -70,7 +70,7 @@ def header_bytes(path: str | Path, length: int = 16 * 1024 * 1024) -> bytes:
 
 async def clear_key(engine: Engine, path: str | Path) -> bytes:
     """The volume key, through the test-only path (never done by wkd itself)."""
-    key = await engine._hsm.unwrap(only_wrapped(path))  # noqa: SLF001 - test-only path
+    key = await engine._hsm.unwrap(only_wrapped(path))
     with key:
         return key.reveal_for_test()
 
