@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from dbus_fast import NameFlag, RequestNameReply, Variant
+from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
@@ -30,6 +30,7 @@ class Check:
     subject: dict[str, Any]
     action: str
     flags: int
+    subject_uid: int | None  # what the bus says about the subject's connection
 
 
 @dataclass
@@ -42,17 +43,19 @@ class Rules:
 
 
 class _Authority(ServiceInterface):
-    def __init__(self, rules: Rules, calls: list[Check]) -> None:
+    def __init__(self, rules: Rules, calls: list[Check], owner: FakePolkit) -> None:
         super().__init__("org.freedesktop.PolicyKit1.Authority")
         self.rules = rules
         self.calls = calls
+        self.owner = owner
 
     @dbus_method(name="CheckAuthorization")
-    def check_authorization(self, subject: Subject, action_id: Str, details: Details,
-                            flags: UInt, cancellation_id: Str) -> Result:
+    async def check_authorization(self, subject: Subject, action_id: Str, details: Details,
+                                  flags: UInt, cancellation_id: Str) -> Result:
         kind, props = subject
-        self.calls.append(Check(kind, {k: v.value for k, v in props.items()}, action_id,
-                                flags))
+        values = {k: v.value for k, v in props.items()}
+        uid = await self.owner.uid_of(values.get("name", ""))
+        self.calls.append(Check(kind, values, action_id, flags, uid))
         answer = self.rules.answer(action_id)
         return [answer == "allow", answer == "challenge", {}]
 
@@ -67,11 +70,21 @@ class FakePolkit:
     async def start(self) -> FakePolkit:
         self.bus = await MessageBus(bus_address=self.address).connect()
         self.bus.export("/org/freedesktop/PolicyKit1/Authority",
-                        _Authority(self.rules, self.calls))
+                        _Authority(self.rules, self.calls, self))
         reply = await self.bus.request_name("org.freedesktop.PolicyKit1",
                                             NameFlag.DO_NOT_QUEUE)
         assert reply == RequestNameReply.PRIMARY_OWNER
         return self
+
+    async def uid_of(self, name: str) -> int | None:
+        assert self.bus is not None
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
+            signature="s", body=[name]))
+        if reply is None or reply.message_type != MessageType.METHOD_RETURN:
+            return None
+        return int(reply.body[0])
 
     def allow(self, *actions: str) -> None:
         for a in actions:
