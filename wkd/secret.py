@@ -7,6 +7,7 @@ handed to C (libcryptsetup) by address, and any transient `bytes` object that ha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
@@ -120,10 +121,9 @@ class SecretKey:
         self.wipe()
 
     def __del__(self) -> None:
-        try:
+        # Best effort: at interpreter shutdown ctypes or mmap may already be gone.
+        with contextlib.suppress(Exception):
             self.wipe()
-        except Exception:  # noqa: S110 - best effort at interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         return f"<SecretKey {self._len} bytes>"
