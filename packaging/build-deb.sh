@@ -45,6 +45,9 @@ fi
 # pyproject names README.md as the long description; setuptools refuses a missing file.
 [ -f "$src/README.md" ] || echo "wkd" > "$src/README.md"
 cp -a packaging/debian "$src/debian"
+# Debian 12 ships setuptools 66, which predates PEP 639 license expressions
+# (license = "SPDX", setuptools >= 77): give it the older table form in the staged copy.
+sed -i -E 's/^license = "([^"]+)"/license = { text = "\1" }/' "$src/pyproject.toml"
 # The upstream version lives in pyproject.toml; keep the package version in step with it.
 sed -i "1s/^wkd ([^)]*)/wkd ($version-1)/" "$src/debian/changelog"
 
