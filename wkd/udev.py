@@ -175,21 +175,29 @@ def event_from_device(device: Any, action: str | None = None) -> BlockEvent | No
 
 
 class UdevMonitor:
-    """Feed udev block events through a HotplugPolicy and hand actions to `on_action`.
+    """Watch udev block events, decide with a HotplugPolicy, and call the daemon back.
 
-    `on_action` is called on the event loop for every Unlock and Cleanup; it should schedule
-    the (slow, HSM-bound) work as a task and return at once.
+    Construction subscribes and enumerates at once (so it raises if udev's netlink socket
+    cannot be opened; the daemon treats hot-plug as optional then). The callbacks run on the
+    event loop; `on_unlock(devnode, uuid)` and `on_cleanup(uuid)` should schedule the slow,
+    HSM-bound work as tasks and return at once. `is_auto_unlock(devnode, uuid)` is called
+    only for LUKS devices and at most once per debounce window per device.
     """
 
-    def __init__(self, policy: HotplugPolicy, on_action: Callable[[Unlock | Cleanup], None],
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.policy = policy
-        self.on_action = on_action
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_unlock: Callable[[str, str], None],
+                 on_cleanup: Callable[[str], None], is_auto_unlock: IsAutoUnlock, *,
+                 debounce: float = DEFAULT_DEBOUNCE,
+                 clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
+        self.policy = HotplugPolicy(is_auto_unlock, debounce=debounce)
+        self.on_unlock = on_unlock
+        self.on_cleanup = on_cleanup
         self.clock = clock
+        self._loop = loop
         self._monitor: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        if start:
+            self.start()
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def start(self) -> None:
         import pyudev  # noqa: PLC0415 - keep the pure core importable without libudev
 
         context = pyudev.Context()
@@ -204,14 +212,14 @@ class UdevMonitor:
             ev = event_from_device(device, action="add")
             if ev is not None:
                 self._dispatch(ev)
-        self._loop = loop or asyncio.get_running_loop()
         self._loop.add_reader(monitor.fileno(), self._on_readable)
 
-    def stop(self) -> None:
-        if self._loop is not None and self._monitor is not None:
+    def close(self) -> None:
+        if self._monitor is not None:
             self._loop.remove_reader(self._monitor.fileno())
-        self._loop = None
-        self._monitor = None
+            self._monitor = None
+
+    stop = close
 
     def _on_readable(self) -> None:
         monitor = self._monitor
@@ -231,7 +239,10 @@ class UdevMonitor:
                 log.debug("udev %s %s: %s", ev.action, ev.devnode, action.reason)
                 continue
             try:
-                self.on_action(action)
+                if isinstance(action, Unlock):
+                    self.on_unlock(action.devnode, action.uuid)
+                else:
+                    self.on_cleanup(action.uuid)
             except Exception:
                 # One failing handler must not stop hot-plug handling for every other disk.
                 log.exception("hot-plug handler failed for %s", ev.devnode)

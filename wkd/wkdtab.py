@@ -22,17 +22,18 @@ Options (docs/boot.md has the full table):
     x-systemd.before=U, x-systemd.after=U   extra ordering for the generated unit
     x-...           any other x- option is kept and ignored, for other tools (as in fstab)
 
-This module is pure: `parse_wkdtab` takes text, returns frozen entries or raises
-InvalidConfig naming the file and line.
+Parsing is pure: `parse_wkdtab` takes text, returns frozen entries or raises InvalidConfig
+naming the file and line. Only `load_wkdtab` and `WkdtabEntry.resolve_device` touch files.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Final
 
-from wkd.errors import InvalidConfig, InvalidName
+from wkd.errors import DeviceNotFound, InvalidConfig, InvalidName
 from wkd.names import validate_mapping_name
 
 WKDTAB_PATH: Final = "/etc/wkdtab"
@@ -95,6 +96,18 @@ class WkdtabEntry:
     @property
     def effective_device_timeout(self) -> float | None:
         return self.device_timeout if self.device_timeout is not None else self.timeout
+
+    def resolve_device(self) -> str:
+        """The device node the entry names now, symlinks (/dev/disk/by-*) resolved.
+
+        The one method here that touches the file system; raises DeviceNotFound when the
+        node does not exist (yet).
+        """
+        path = os.path.realpath(self.device_node)
+        if not os.path.exists(path):
+            raise DeviceNotFound(f"{self.device} ({self.device_node}) for wkdtab entry "
+                                 f"{self.name!r} does not exist")
+        return path
 
     def matches(self, devnode: str, uuid: str | None) -> bool:
         """Does a (hot-plugged) device with this node and LUKS UUID belong to this entry?"""

@@ -193,3 +193,25 @@ def test_event_from_device(dev, action, expected):
 
 def test_event_from_device_without_node():
     assert event_from_device(_Dev(None, {}, "add", 1)) is None
+
+
+def test_monitor_dispatches_actions_to_the_daemon_callbacks():
+    """The adapter's glue without udev: constructed unstarted, fed events directly."""
+    import asyncio
+
+    unlocked: list[tuple[str, str]] = []
+    cleaned: list[str] = []
+    loop = asyncio.new_event_loop()
+    try:
+        from wkd.udev import UdevMonitor
+
+        mon = UdevMonitor(loop, lambda d, u: unlocked.append((d, u)), cleaned.append,
+                          Marked(U1), clock=lambda: 0.0, start=False)
+        mon._dispatch(ev("add"))
+        mon._dispatch(ev("change", "/dev/sdc", uuid=U2))  # not marked
+        mon._dispatch(ev("remove"))
+        mon.close()
+    finally:
+        loop.close()
+    assert unlocked == [("/dev/sdb", U1)]
+    assert cleaned == [U1]

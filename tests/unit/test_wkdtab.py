@@ -162,3 +162,12 @@ def test_arbitrary_text_never_crashes(text):
         parse_wkdtab(text)
     except InvalidConfig as exc:
         assert str(exc).startswith("/etc/wkdtab:")
+
+
+def test_resolve_device(tmp_path):
+    from wkd.errors import DeviceNotFound
+
+    entry = one(f"v UUID={UUID}")
+    with pytest.raises(DeviceNotFound, match="for wkdtab entry 'v' does not exist"):
+        entry.resolve_device()
+    assert one("v /dev/null").resolve_device() == "/dev/null"
