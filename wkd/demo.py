@@ -104,7 +104,8 @@ async def wait_for_name(bus: MessageBus, daemon: subprocess.Popen[bytes],
     raise DemoError("the daemon did not claim org.wkd1 in time")
 
 
-async def walk(address: str, device: str, daemon: subprocess.Popen[bytes]) -> None:
+async def walk(address: str, device: str,  # noqa: PLR0915 - one linear story
+               daemon: subprocess.Popen[bytes]) -> None:
     bus = await MessageBus(bus_address=address).connect()
     try:
         await wait_for_name(bus, daemon)

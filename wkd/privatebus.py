@@ -15,7 +15,8 @@ from pathlib import Path
 
 from wkd import errors
 
-BUS_CONF_TEMPLATE = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+BUS_CONF_TEMPLATE = """<!DOCTYPE busconfig PUBLIC
+ "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
@@ -80,7 +81,7 @@ def start_private_bus(workdir: str | Path, *, timeout: float = 10.0) -> PrivateB
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # Other uids (the unprivileged clients of the tests) must reach the socket.
-    os.chmod(workdir, 0o755)
+    os.chmod(workdir, 0o755)  # noqa: S103 - a socket directory, nothing secret in it
     socket = workdir / "bus.sock"
     conf = workdir / "bus.conf"
     conf.write_text(BUS_CONF_TEMPLATE.format(socket=socket, wkd_conf=wkd_bus_policy()))
