@@ -28,7 +28,8 @@ from dbus_fast.aio import MessageBus
 from tests.bus.fake_polkit import FakePolkit
 
 REPO = Path(__file__).resolve().parents[2]
-BUS_CONF_TEMPLATE = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+BUS_CONF_TEMPLATE = """<!DOCTYPE busconfig PUBLIC
+ "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
@@ -235,7 +236,7 @@ class CallError(Exception):
 async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
                *, path: str = ROOT, interface: str = MANAGER, flags: int = 0) -> list[Any]:
     """Call org.wkd1 and return the reply body; raise CallError with the error name."""
-    from dbus_fast import MessageFlag  # noqa: PLC0415
+    from dbus_fast import MessageFlag
 
     msg = Message(destination=SERVICE, path=path, interface=interface, member=member,
                   signature=signature, body=body or [], flags=MessageFlag(flags))

@@ -13,7 +13,7 @@ from tests.bus.conftest import call, format_image
 NOBODY = "nobody"
 
 
-async def _as_nobody(address: str, *args: str, interactive: bool = False) -> subprocess.CompletedProcess[str]:
+async def _as_nobody(address: str, *args: str, interactive: bool = False) -> subprocess.CompletedProcess[str]:  # noqa: E501
     """busctl call run as uid nobody; runs while this loop keeps serving the fake polkit."""
     cmd = ["setpriv", f"--reuid={NOBODY}", "--regid=nogroup", "--clear-groups",
            "busctl", f"--address={address}", "--json=short"]
@@ -39,7 +39,7 @@ async def _gdbus_nobody(address: str, path: str, method: str, *args: str) -> str
     return out.decode() + err.decode()
 
 
-def _mutating_calls(image: str, vol_path: str, fmt: str | None = None) -> list[tuple[str, str, list[str], str]]:
+def _mutating_calls(image: str, vol_path: str, fmt: str | None = None) -> list[tuple[str, str, list[str], str]]:  # noqa: E501
     """(object path, Interface.Method, gdbus args, polkit action) for every mutating method."""
     return [
         ("/org/wkd1", "org.wkd1.Manager.CreateKek", ["nobody-kek", "@a{sv} {}"],
@@ -110,7 +110,7 @@ async def test_nobody_refused_without_polkit(wkd_daemon, volume):
 
 
 async def test_reads_need_no_authorization(wkd_daemon, volume):
-    image, path = volume
+    _image, path = volume
     for obj, method, args in [("/org/wkd1", "org.wkd1.Manager.ListVolumes", ["@a{sv} {}"]),
                               ("/org/wkd1", "org.wkd1.Manager.ListKeks", ["@a{sv} {}"]),
                               (path, "org.freedesktop.DBus.Properties.GetAll",
@@ -127,7 +127,7 @@ async def test_root_always_allowed(bus, polkit, image):
 
 
 async def test_interactive_flag_reaches_polkit(wkd_daemon, polkit, volume):
-    image, path = volume
+    _image, path = volume
     polkit.set_default("challenge")
     r = await _as_nobody(wkd_daemon.address, "/org/wkd1", "org.wkd1.Manager", "Unlock",
                          "sa{sv}", path, "1", "verify-only", "b", "true", interactive=True)

@@ -36,12 +36,12 @@ async def test_typed_errors_and_header_unchanged(bus, vol):
     props = await get_all(bus, path, "org.wkd1.Volume")
     big = "x" * (1 << 20)
     cases = [
-        ("org.wkd1.Error.UnknownOption", "Unlock", "sa{sv}", [image, {"readonly": Variant("b", True)}]),
-        ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", [image, {"read-only": Variant("s", "yes")}]),
-        ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "../etc")}]),
+        ("org.wkd1.Error.UnknownOption", "Unlock", "sa{sv}", [image, {"readonly": Variant("b", True)}]),  # noqa: E501
+        ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", [image, {"read-only": Variant("s", "yes")}]),  # noqa: E501
+        ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "../etc")}]),  # noqa: E501
         ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "a/b")}]),
         ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "-x")}]),
-        ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "n" * 200)}]),
+        ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "n" * 200)}]),  # noqa: E501
         ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", [big, {}]),
         ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", ["not-a-volume", {}]),
         ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [big, "", {}]),
@@ -49,15 +49,15 @@ async def test_typed_errors_and_header_unchanged(bus, vol):
         ("org.wkd1.Error.InvalidName", "Rewrap", "ssa{sv}", [image, "bad label!", {}]),
         ("org.wkd1.Error.InvalidArgument", "CreateKek", "sa{sv}", [big, {}]),
         ("org.wkd1.Error.InvalidName", "CreateKek", "sa{sv}", ["-rf", {}]),
-        ("org.wkd1.Error.UnknownOption", "CreateKek", "sa{sv}", ["ok-label", {"x": Variant("b", True)}]),
-        ("org.wkd1.Error.UnknownOption", "Format", "ssa{sv}", [image, "", {"forse": Variant("b", True)}]),
-        ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [image, "", {"key-bits": Variant("u", 100)}]),
+        ("org.wkd1.Error.UnknownOption", "CreateKek", "sa{sv}", ["ok-label", {"x": Variant("b", True)}]),  # noqa: E501
+        ("org.wkd1.Error.UnknownOption", "Format", "ssa{sv}", [image, "", {"forse": Variant("b", True)}]),  # noqa: E501
+        ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [image, "", {"key-bits": Variant("u", 100)}]),  # noqa: E501
         ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", ["relative/path", "", {}]),
         ("org.wkd1.Error.DeviceNotFound", "Format", "ssa{sv}", ["/dev/does-not-exist", "", {}]),
         ("org.wkd1.Error.DeviceNotFound", "Unlock", "sa{sv}", ["/dev/does-not-exist", {}]),
-        ("org.wkd1.Error.VolumeNotFound", "Unlock", "sa{sv}", ["01234567-89ab-cdef-0123-456789abcdef", {}]),
+        ("org.wkd1.Error.VolumeNotFound", "Unlock", "sa{sv}", ["01234567-89ab-cdef-0123-456789abcdef", {}]),  # noqa: E501
         ("org.wkd1.Error.KekNotFound", "Rewrap", "ssa{sv}", [image, "no-such-kek", {}]),
-        ("org.wkd1.Error.KekNotFound", "Format", "ssa{sv}", [image, "no-such-kek", {"force": Variant("b", True)}]),
+        ("org.wkd1.Error.KekNotFound", "Format", "ssa{sv}", [image, "no-such-kek", {"force": Variant("b", True)}]),  # noqa: E501
     ]
     for name, member, sig, body in cases:
         await _expect(bus, name, member, sig, body)

@@ -27,7 +27,7 @@ async def test_fifty_concurrent_clients(wkd_daemon, bus, image):
                 (vols,) = await call(c, "ListVolumes", "a{sv}", [{}])
                 assert path in vols
             elif kind == 1:
-                (obj,) = await call(c, "Unlock", "sa{sv}", [uuid, {"verify-only": Variant("b", True)}])
+                (obj,) = await call(c, "Unlock", "sa{sv}", [uuid, {"verify-only": Variant("b", True)}])  # noqa: E501
                 assert obj == path
             elif kind == 2:
                 (keks,) = await call(c, "ListKeks", "a{sv}", [{}])
@@ -35,7 +35,7 @@ async def test_fifty_concurrent_clients(wkd_daemon, bus, image):
             elif kind == 3:
                 assert await get_prop(c, path, "org.wkd1.Volume", "Uuid") == uuid
             else:
-                (kid,) = await call(c, "CreateKek", "sa{sv}", [f"conc-{i}-{random.randrange(1 << 30)}", {}])
+                (kid,) = await call(c, "CreateKek", "sa{sv}", [f"conc-{i}-{random.randrange(1 << 30)}", {}])  # noqa: E501
                 assert kid
 
         await asyncio.wait_for(asyncio.gather(*(one(i, c) for i, c in enumerate(clients))), 120)

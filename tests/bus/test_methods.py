@@ -175,13 +175,13 @@ async def test_rewrap_all_job(bus, tmp_path):
     state = await get_prop(bus, job, JOB, "State")
     if state == "running":
         done = await _next(q, lambda m: m.path == job and m.member == "Completed")
-        success, error_name, n_done, n_failed = done.body
+        success, error_name, _n_done, n_failed = done.body
         assert success is True and error_name == "" and n_failed == 0
     props = await get_all(bus, job, JOB)
     assert props["State"] == "completed"
     assert props["Operation"] == "rewrap-all"
     assert props["Progress"] == 1.0
-    total, rewrapped, skipped, failures = props["Result"]
+    _total, rewrapped, _skipped, failures = props["Result"]
     assert rewrapped >= 3 and failures == []
     for p in paths:
         assert await get_prop(bus, p, VOL, "Kek") == dst
