@@ -40,7 +40,7 @@ def mutations(draw: st.DrawFn) -> tuple[str, str, Any]:
     if kind == "add":
         return kind, draw(st.text(min_size=1, max_size=12)), draw(json_values)
     if kind == "blob":
-        import base64  # noqa: PLC0415
+        import base64
 
         return kind, "wrapped_key", base64.b64encode(draw(st.binary(max_size=80))).decode()
     return kind, field, None
