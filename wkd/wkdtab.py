@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from wkd.errors import DeviceNotFound, InvalidConfig, InvalidName
+from wkd.errors import DeviceNotFound, InvalidConfig, InvalidName, VolumeNotFound
 from wkd.names import validate_mapping_name
 
 WKDTAB_PATH: Final = "/etc/wkdtab"
@@ -306,3 +306,28 @@ def load_wkdtab(path: str = WKDTAB_PATH) -> tuple[WkdtabEntry, ...]:
     except OSError as exc:
         raise InvalidConfig(f"{path}: cannot read: {exc.strerror}") from None
     return parse_wkdtab(text, path=path)
+
+
+def load_wkdtab_entry(name: str, path: str = WKDTAB_PATH) -> WkdtabEntry:
+    """The entry `name`, for `wkd attach`: parsed leniently, like the generator does.
+
+    A typo on another line must not keep this volume locked at boot: the generator already
+    skipped the bad line and created units for the good ones, so attach has to accept them
+    too. Raises VolumeNotFound when there is no such (well-formed) entry; the message then
+    names the malformed lines, as one of them may be the entry meant.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise VolumeNotFound(f"{path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InvalidConfig(f"{path}: cannot read: {exc.strerror}") from None
+    entries, errors = parse_wkdtab_lenient(text, path=path)
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    detail = f"; malformed lines: {'; '.join(str(e) for e in errors)}" if errors else ""
+    raise VolumeNotFound(f"{path} has no entry named {name!r}{detail}")

@@ -171,3 +171,17 @@ def test_resolve_device(tmp_path):
     with pytest.raises(DeviceNotFound, match="for wkdtab entry 'v' does not exist"):
         entry.resolve_device()
     assert one("v /dev/null").resolve_device() == "/dev/null"
+
+
+def test_load_entry_for_attach_tolerates_other_bad_lines(tmp_path):
+    from wkd.errors import VolumeNotFound
+    from wkd.wkdtab import load_wkdtab_entry
+
+    table = tmp_path / "wkdtab"
+    table.write_text("good /dev/sdb discard\nbroken /dev/sdc bogus\n")
+    assert load_wkdtab_entry("good", str(table)).discard
+    with pytest.raises(VolumeNotFound, match=r"no entry named 'broken'; malformed lines: "
+                                             r".*wkdtab:2: unknown option 'bogus'"):
+        load_wkdtab_entry("broken", str(table))
+    with pytest.raises(VolumeNotFound, match="does not exist"):
+        load_wkdtab_entry("good", str(tmp_path / "absent"))
