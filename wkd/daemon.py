@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from wkd import __version__, errors, systemd
 from wkd.config import Config, load_config
@@ -26,6 +27,9 @@ from wkd.hsm.pkcs11 import Pkcs11Backend
 from wkd.log import MessageId, log_event, setup_logging
 from wkd.model import UnlockOptions
 from wkd.secret import make_process_undumpable
+
+if TYPE_CHECKING:
+    from wkd.hotplug import Hotplug
 
 log = logging.getLogger("wkd.daemon")
 
@@ -85,76 +89,21 @@ async def run_daemon(config: Config, bus_address: str | None) -> int:
     return 0
 
 
-def _start_hotplug(engine: Engine) -> _Hotplug | None:
+def _start_hotplug(engine: Engine) -> Hotplug | None:
     try:
-        return _Hotplug(engine)
+        from wkd.hotplug import Hotplug  # noqa: PLC0415 - pyudev needs a udev-managed /dev
+
+        return Hotplug(engine)
     except Exception as e:  # udev is optional: containers and CI hosts have no udevd
         log.info("hot-plug monitoring is off: %s", e)
         return None
 
 
-class _Hotplug:
-    """Auto-unlock of marked volumes when their disk appears (wkd.udev decides, we act)."""
-
-    def __init__(self, engine: Engine) -> None:
-        from wkd.udev import UdevMonitor  # noqa: PLC0415 - pyudev needs a udev-managed /dev
-
-        self._engine = engine
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._monitor = UdevMonitor(asyncio.get_running_loop(), self._on_unlock,
-                                    self._on_cleanup, self._is_auto_unlock)
-
-    def close(self) -> None:
-        self._monitor.close()
-
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _is_auto_unlock(self, devnode: str, uuid: str | None) -> bool:
-        from wkd.engine import _read_header  # noqa: PLC0415
-
-        try:
-            header = _read_header(devnode)
-        except errors.WkdError:
-            return False
-        return any(t.auto_unlock for t in header.tokens.values())
-
-    def _on_unlock(self, devnode: str, uuid: str | None) -> None:
-        self._spawn(self._unlock(devnode))
-
-    def _on_cleanup(self, uuid: str) -> None:
-        self._spawn(self._cleanup(uuid))
-
-    async def _unlock(self, devnode: str) -> None:
-        info = await self._engine.add_device(devnode)
-        if info is None:
-            return
-        try:
-            await self._engine.unlock(info.uuid, UnlockOptions())
-        except errors.WkdError as e:
-            log.warning("auto-unlock of %s failed: %s", devnode, e)
-
-    async def _cleanup(self, uuid: str) -> None:
-        from wkd import devices, luks2  # noqa: PLC0415
-
-        name = devices.find_mapping(uuid)
-        if name is not None:
-            try:
-                await asyncio.to_thread(luks2.deactivate, name, deferred=True)
-            except errors.WkdError as e:
-                log.warning("removing the mapping %s of vanished volume %s failed: %s",
-                            name, uuid, e)
-        await self._engine.remove_device(uuid)
-
-
 async def _attach(config: Config, name: str, wkdtab: str) -> int:
-    from wkd.wkdtab import load_wkdtab  # noqa: PLC0415
+    from wkd.wkdtab import load_wkdtab_entry  # noqa: PLC0415
 
-    entry = next((e for e in load_wkdtab(wkdtab) if e.name == name), None)
-    if entry is None:
-        raise errors.VolumeNotFound(f"{wkdtab} has no entry named {name}")
+    # Lenient, like the generator: a typo on another line must not keep this volume locked.
+    entry = load_wkdtab_entry(name, wkdtab)
     engine = make_engine(config)
     await engine.start()
     try:

@@ -68,7 +68,7 @@ class _Header:
     invalid_tokens: tuple[int, ...]
 
 
-def _read_header(path: str) -> _Header:
+def read_header(path: str) -> _Header:
     with luks2.Luks2Device.open(path) as dev:
         tokens: dict[int, WkdToken] = {}
         invalid: list[int] = []
@@ -168,7 +168,7 @@ class Engine:
     async def add_device(self, path: str) -> VolumeInfo | None:
         """Called on hot-plug: register `path` if it is a wkd volume."""
         try:
-            header = await asyncio.to_thread(_read_header, path)
+            header = await asyncio.to_thread(read_header, path)
         except errors.WkdError:
             return None
         if not header.tokens:
@@ -208,7 +208,7 @@ class Engine:
         """A device path or LUKS UUID -> the volume's header, checked to be a wkd volume."""
         if volume.startswith("/"):
             facts = devices.inspect(volume, allow_files=self._config.daemon.allow_image_files)
-            header = await asyncio.to_thread(_read_header, facts.path)
+            header = await asyncio.to_thread(read_header, facts.path)
         else:
             try:
                 uuid = validate_uuid(volume)
@@ -219,7 +219,7 @@ class Engine:
             if path is None:
                 raise errors.VolumeNotFound(f"no known volume has UUID {uuid}")
             try:
-                header = await asyncio.to_thread(_read_header, path)
+                header = await asyncio.to_thread(read_header, path)
             except (errors.DeviceNotFound, errors.NotAWkdVolume):
                 raise errors.VolumeNotFound(f"volume {uuid} is not present (last seen at "
                                             f"{path})") from None
@@ -310,7 +310,7 @@ class Engine:
             validate_mapping_name(options.name)
         header = await self._resolve(volume)
         async with self._volume_lock(header.uuid):
-            header = await asyncio.to_thread(_read_header, header.path)
+            header = await asyncio.to_thread(read_header, header.path)
             existing = devices.find_mapping(header.uuid)
             if existing is not None and not options.verify_only:
                 # Idempotent: an unlocked volume is reported, not opened twice.
@@ -389,7 +389,7 @@ class Engine:
         header = await self._resolve(volume)
         async with self._volume_lock(header.uuid):
             changed = await self._rewrap_locked(header.path, new_kek_label)
-            info = self._info(await asyncio.to_thread(_read_header, header.path))
+            info = self._info(await asyncio.to_thread(read_header, header.path))
         log_event(log, MessageId.VOLUME_REWRAPPED,
                   f"volume {header.uuid} is wrapped under KEK {new_kek_label}"
                   + ("" if changed else " (already was)"),
@@ -402,7 +402,7 @@ class Engine:
     async def _rewrap_locked(self, path: str, new_kek_label: str) -> bool:
         """The crash-safe protocol of docs/token-format.md. Returns False when already done."""
         new_kek = await self._hsm.get_kek(new_kek_label)
-        header = await self._reconcile(await asyncio.to_thread(_read_header, path))
+        header = await self._reconcile(await asyncio.to_thread(read_header, path))
         current_id = unlock_order(header.tokens)[0]
         current = header.tokens[current_id]
         if current.kek_label == new_kek.label and current.kek_id == new_kek.key_id:
@@ -457,7 +457,7 @@ class Engine:
                   f"volume {header.uuid}: finished an interrupted rewrap (kept token {plan.keep},"
                   f" removed {len(plan.remove)})", volume_uuid=header.uuid,
                   operation="reconcile", result="ok")
-        return await asyncio.to_thread(_read_header, header.path)
+        return await asyncio.to_thread(read_header, header.path)
 
     async def rewrap_all(self, from_kek: str, to_kek: str, *, caller: Caller = SYSTEM_CALLER,
                          on_progress: Callable[[int, int, str], None] | None = None
@@ -541,7 +541,7 @@ def _scan_block_devices() -> dict[str, str]:
         if not devices.has_luks_magic(node):
             continue
         try:
-            header = _read_header(node)
+            header = read_header(node)
         except errors.WkdError:
             continue
         if header.tokens:
