@@ -141,7 +141,7 @@ def start_daemon(address: str, workdir: str) -> Daemon:
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wkd", "--bus-address", address, "--state-dir", state,
-             "--config", config],
+             "--config", config, "--log-stderr", "--log-level", "debug"],
             cwd=str(REPO), env=env, stdout=logf, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 90

@@ -25,6 +25,8 @@ from wkd.model import WrappedKey
 from wkd.token import TOKEN_TYPE, parse_token
 
 IMAGE_BYTES = 40 * 1024 * 1024
+# Every clear key and wrapped blob a test learns; tests/conftest.py searches all logs for them.
+SEEN_SECRETS: list[bytes] = []
 
 
 def need_tools() -> str | None:
@@ -60,6 +62,7 @@ def only_wrapped(path: str | Path) -> WrappedKey:
         toks = [parse_token(dev.token_json_get(t)) for t, ty in dev.token_list().items()
                 if ty == TOKEN_TYPE]
     assert len(toks) == 1, f"expected exactly one wkd token, found {len(toks)}"
+    SEEN_SECRETS.append(toks[0].wrapped_key)
     return toks[0].wrapped()
 
 
@@ -72,7 +75,9 @@ async def clear_key(engine: Engine, path: str | Path) -> bytes:
     """The volume key, through the test-only path (never done by wkd itself)."""
     key = await engine._hsm.unwrap(only_wrapped(path))
     with key:
-        return key.reveal_for_test()
+        clear = key.reveal_for_test()
+    SEEN_SECRETS.append(clear)
+    return clear
 
 
 def forms(secret: bytes) -> list[bytes]:
