@@ -26,41 +26,9 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from tests.bus.fake_polkit import FakePolkit
+from wkd.privatebus import PrivateBus, start_private_bus
 
 REPO = Path(__file__).resolve().parents[2]
-BUS_CONF_TEMPLATE = """<!DOCTYPE busconfig PUBLIC
- "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <policy user="root">
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-  </policy>
-  <include>{wkd_conf}</include>
-  <limit name="max_message_size">33554432</limit>
-</busconfig>
-"""
-
 SERVICE = "org.wkd1"
 ROOT = "/org/wkd1"
 MANAGER = "org.wkd1.Manager"
@@ -71,35 +39,15 @@ def _need(tool: str) -> None:
         pytest.skip(f"{tool} is not installed")
 
 
-@dataclass
-class PrivateBus:
-    address: str
-    socket: str
-    proc: subprocess.Popen[bytes]
-
-
 @pytest.fixture(scope="module")
 def private_bus() -> Iterator[PrivateBus]:
     _need("dbus-daemon")
     d = tempfile.mkdtemp(prefix="wkd-bus-")
-    os.chmod(d, 0o755)  # uid nobody must reach the socket
-    sock = os.path.join(d, "bus")
-    conf = os.path.join(d, "bus.conf")
-    Path(conf).write_text(BUS_CONF_TEMPLATE.format(
-        socket=sock, wkd_conf=REPO / "dbus" / "org.wkd1.conf"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    address = proc.stdout.readline().decode().strip()
-    if not address:
-        proc.kill()
-        pytest.fail("dbus-daemon did not start")
+    bus = start_private_bus(d)  # the same system-like bus the demo uses
     try:
-        yield PrivateBus(address=address, socket=sock, proc=proc)
+        yield bus
     finally:
-        proc.terminate()
-        proc.wait(10)
+        bus.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
