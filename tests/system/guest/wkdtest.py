@@ -8,6 +8,8 @@ failed check instead of a bare traceback.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -164,3 +166,43 @@ def dm_table_with_keys(mapping: str) -> str:
 
 
 KEYRING_REF = re.compile(r":\d+:logon:\S+")
+
+
+def kernel_name(device: str) -> str:
+    """/dev/disk/by-id/virtio-wkd-x -> vdb."""
+    return os.path.basename(os.path.realpath(device))
+
+
+def dm_holders(device: str) -> list[str]:
+    """Names of device-mapper devices stacked on `device` (sysfs holders/, dm/name)."""
+    holders = Path("/sys/class/block") / kernel_name(device) / "holders"
+    names = []
+    for dm in sorted(holders.glob("dm-*")) if holders.exists() else []:
+        with contextlib.suppress(OSError):
+            names.append((dm / "dm" / "name").read_text().strip())
+    return names
+
+
+def dm_exists(name: str) -> bool:
+    return subprocess.run(["dmsetup", "info", name], capture_output=True,
+                          check=False).returncode == 0
+
+
+def journal_entries(**match: str) -> list[dict[str, Any]]:
+    """This boot's journal entries with the given FIELD=value matches."""
+    args = [f"{k}={v}" for k, v in match.items()]
+    out = subprocess.run(["journalctl", "-b", "-o", "json", "--no-pager", *args],
+                         capture_output=True, text=True, check=False).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def sha256_of(path: str, length: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(length) if length else f.read())
+    return digest.hexdigest()
+
+
+def ay(data: bytes) -> list[str]:
+    """busctl arguments for an `ay` value inside a variant: 'ay' N b1 ... bN."""
+    return ["ay", str(len(data)), *(str(b) for b in data)]
