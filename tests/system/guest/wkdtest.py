@@ -107,6 +107,7 @@ class Scenario:
                     **kw: Any) -> list[Any]:
         """Call and return the reply's data list (busctl --json=short)."""
         service, path, interface = BUS
+        service = kw.pop("service", None) or service
         proc = self.run("busctl", "--system", "--json=short", "call", service,
                         kw.pop("obj", None) or path, kw.pop("iface", None) or interface,
                         method, signature, *args, **kw)
@@ -186,6 +187,13 @@ def dm_holders(device: str) -> list[str]:
 def dm_exists(name: str) -> bool:
     return subprocess.run(["dmsetup", "info", name], capture_output=True,
                           check=False).returncode == 0
+
+
+def unit_log(unit: str = "wkd.service", lines: int = 20) -> str:
+    """The unit's last journal lines, for a failed check's detail."""
+    return subprocess.run(["journalctl", "-b", "-u", unit, "-n", str(lines), "--no-pager",
+                           "-o", "short-precise"], capture_output=True, text=True,
+                          check=False).stdout
 
 
 def journal_entries(**match: str) -> list[dict[str, Any]]:

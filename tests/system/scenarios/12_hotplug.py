@@ -2,7 +2,15 @@
 # wkd-test: boot=1 timeout=240 disks=hot
 import os
 
-from wkdtest import Scenario, disk, dm_exists, dm_holders, journal_entries, luks_uuid
+from wkdtest import (
+    Scenario,
+    disk,
+    dm_exists,
+    dm_holders,
+    journal_entries,
+    luks_uuid,
+    unit_log,
+)
 
 BOUND = 15.0  # seconds; udev delivers the event in ~0.2 s, the rest is unwrap + dm under TCG
 
@@ -34,7 +42,7 @@ with Scenario() as t:
     t.require("host unplugs the disk again", reply["ok"], str(reply))
     gone = t.wait_for("mapping removal", lambda: not any(dm_exists(n) for n in names), BOUND)
     t.check(f"mapping removed within {BOUND:.0f}s of unplug", gone is not None and bool(names),
-            f"mappings {names}")
+            f"mappings {names}; wkd log:\n{unit_log()}")
 
     ops = {e.get("WKD_OPERATION") for e in journal_entries(WKD_VOLUME_UUID=uuid)}
     t.check("journal records the hot-plug unlock and the cleanup with structured fields",
