@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -166,8 +167,6 @@ class Env:
     """A scratch directory with a private bus; daemons and images live under it."""
 
     def __init__(self, keep: bool = False) -> None:
-        import tempfile  # noqa: PLC0415
-
         self.root = Path(tempfile.mkdtemp(prefix="wkd-bench-", dir=scratch_root()))
         self.bus = start_private_bus(self.root / "bus")
         self.keep = keep

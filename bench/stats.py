@@ -39,6 +39,8 @@ def percentile(samples: Sequence[float], p: float) -> float:
     pos = (len(xs) - 1) * p / 100
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
+    if pos == lo:
+        return xs[lo]  # exact rank: no interpolation (also keeps inf from turning into nan)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
