@@ -489,6 +489,21 @@ async def profile(env: h.Env, fleet: Fleet, plan: Plan, rep: Report) -> None:
     rep.extra["profile"] = out
 
 
+# --- VM results (bench/vm_unlock.sh, run inside the system-test VM) ------------------------
+def vm_rows(path: Path) -> list[Row]:
+    """Rows with ratios from the JSON that bench/vm_unlock.sh prints in the VM."""
+    data = json.loads(path.read_text())
+    kernel = f"VM kernel {data.get('kernel', '?')}"
+    peer = Row("vm-unlock", "systemd-cryptsetup attach (PKCS#11, SoftHSM2)", "s",
+               tuple(data["systemd_cryptsetup_attach_s"]), note=kernel)
+    wkd = [
+        Row("vm-unlock", "wkd Unlock over D-Bus (busctl, activates)", "s",
+            tuple(data["wkd_unlock_dbus_s"])),
+        Row("vm-unlock", "wkd attach (boot path, no D-Bus)", "s", tuple(data["wkd_attach_s"])),
+    ]
+    return [*(with_ratios(r, [peer]) for r in wkd), peer]
+
+
 # --- main ----------------------------------------------------------------------------------
 def meta(plan: Plan, seconds: float) -> dict[str, Any]:
     def version(argv: list[str]) -> str:
@@ -541,7 +556,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(BENCH_DIR / "results" / "results.json"))
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--vm-json", metavar="FILE",
+                   help="add the rows of a bench/vm_unlock.sh result (run in the VM)")
+    p.add_argument("--only-vm", action="store_true",
+                   help="with --vm-json: print only those rows, run nothing on the host")
     args = p.parse_args(argv)
+    if args.only_vm:
+        if not args.vm_json:
+            p.error("--only-vm needs --vm-json")
+        print(format_table(vm_rows(Path(args.vm_json))))
+        return 0
     if os.geteuid() != 0:
         print("bench: run as root (LUKS2 headers, the daemon's state)", file=sys.stderr)
         return 1
@@ -553,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench FAILED: {e}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - t0
+    if args.vm_json:
+        rep.rows.extend(vm_rows(Path(args.vm_json)))
     table = format_table(rep.rows)
     print("\n" + table)
     for k, v in rep.extra.items():
