@@ -14,7 +14,7 @@ from typing import Any
 
 from wkd import devices, errors, luks2
 from wkd.engine import Engine, read_header
-from wkd.model import UnlockOptions, VolumeEvent, VolumeEventKind
+from wkd.model import UnlockOptions
 from wkd.udev import UdevMonitor
 from wkd.wkdtab import WkdtabEntry, parse_wkdtab_lenient
 
@@ -44,8 +44,6 @@ class Hotplug:
         self._tasks: set[asyncio.Task[None]] = set()
         self._monitor = UdevMonitor(asyncio.get_running_loop(), self._on_unlock,
                                     self._on_cleanup, self._is_auto_unlock, start=start)
-        # A volume locked over D-Bus must not be "cleaned up" again when its disk leaves.
-        self._unsubscribe = engine.subscribe(self._on_volume_event)
 
     @property
     def monitor(self) -> UdevMonitor:
@@ -57,7 +55,6 @@ class Hotplug:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def close(self) -> None:
-        self._unsubscribe()
         self._monitor.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -84,11 +81,6 @@ class Hotplug:
     def _on_cleanup(self, uuid: str) -> None:
         self._spawn(self._cleanup(uuid))
 
-    def _on_volume_event(self, event: VolumeEvent) -> None:
-        if event.kind is VolumeEventKind.CHANGED and event.info is not None \
-                and event.info.mapping is None:
-            self._monitor.policy.forget(event.uuid)
-
     async def _unlock(self, devnode: str, uuid: str | None) -> None:
         info = await self._engine.add_device(devnode)
         if info is None:
@@ -103,6 +95,9 @@ class Hotplug:
             self._monitor.policy.unlock_failed(devnode)
 
     async def _cleanup(self, uuid: str) -> None:
+        # The policy may still list a volume that was locked over D-Bus since; then there is
+        # no mapping to remove, and a mapping opened again under another name goes too: its
+        # disk is gone either way.
         name = devices.find_mapping(uuid)
         if name is not None:
             try:
