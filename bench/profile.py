@@ -53,7 +53,7 @@ HANDOFF_LEAVES: tuple[str, ...] = (
     "ThreadPoolExecutor.submit (concurrent/futures/thread.py",
     "_read_from_self (asyncio/selector_events.py",
 )
-HANDOFF = "thread hand-off (asyncio.to_thread wake-ups)"
+HANDOFF = "thread hand-off (worker waits for the GIL to wake the loop)"
 
 
 def parse_raw(text: str) -> list[tuple[list[str], int]]:
