@@ -190,12 +190,26 @@ def dm_uuid_matches_luks(dm_uuid: str, luks_uuid: str) -> bool:
     return dm_uuid.lower().startswith(prefix.lower())
 
 
+def find_mapping_device(luks_uuid: str, dms: list[DmDevice] | None = None) -> DmDevice | None:
+    """The active dm-crypt mapping of the LUKS2 volume with this UUID, if any. Pass `dms`
+    (from one `dm_devices()` call) when looking up many volumes."""
+    for dm in dm_devices() if dms is None else dms:
+        if dm_uuid_matches_luks(dm.uuid, luks_uuid):
+            return dm
+    return None
+
+
 def find_mapping(luks_uuid: str) -> str | None:
     """Name of the active dm-crypt mapping of the LUKS2 volume with this UUID, if any."""
-    for dm in dm_devices():
-        if dm_uuid_matches_luks(dm.uuid, luks_uuid):
-            return dm.name
-    return None
+    dm = find_mapping_device(luks_uuid)
+    return None if dm is None else dm.name
+
+
+def read_only(dm: DmDevice) -> bool:
+    try:
+        return (SYSFS / "block" / dm.node.removeprefix("/dev/") / "ro").read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def dm_name_exists(name: str) -> bool:

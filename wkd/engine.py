@@ -17,10 +17,10 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from wkd import devices, errors, luks2
 from wkd.config import Config
+from wkd.headers import Header, HeaderCache, read_header
 from wkd.hsm.base import HsmBackend
 from wkd.log import MessageId, log_event
 from wkd.model import (
@@ -56,41 +56,14 @@ _FORMAT_UNDO_BYTES = 16 * 1024 * 1024 + 4096
 Checkpoint = Callable[[str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
-    """What one read of a LUKS2 header tells: identity plus parsed wkd tokens."""
-
-    path: str
-    uuid: str
-    label: str
-    cipher: str
-    tokens: dict[int, WkdToken]
-    invalid_tokens: tuple[int, ...]
-
-
-def read_header(path: str) -> _Header:
-    with luks2.Luks2Device.open(path) as dev:
-        tokens: dict[int, WkdToken] = {}
-        invalid: list[int] = []
-        for tid, ttype in dev.token_list().items():
-            if ttype != TOKEN_TYPE:
-                continue
-            try:
-                tokens[tid] = parse_token(dev.token_json_get(tid))
-            except errors.InvalidToken as e:
-                log.warning("%s: ignoring malformed wkd token %d: %s", path, tid, e)
-                invalid.append(tid)
-        return _Header(path=path, uuid=dev.uuid, label=dev.label or "",
-                       cipher=f"{dev.cipher}-{dev.cipher_mode}",
-                       tokens=tokens, invalid_tokens=tuple(invalid))
-
-
 class Engine:
     def __init__(self, hsm: HsmBackend, config: Config, *,
                  checkpoint: Checkpoint | None = None) -> None:
         self._hsm = hsm
         self._config = config
         self._registry = Registry(config.daemon.state_dir)
+        self._headers = HeaderCache()
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._subscribers: list[Callable[[VolumeEvent], None]] = []
         self._hsm_state = HsmState.UNAVAILABLE
@@ -117,6 +90,10 @@ class Engine:
                 log.warning("reconcile of %s skipped: %s", uuid, e)
 
     async def stop(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._registry.flush()
         await self._hsm.close()
         self._hsm_state = HsmState.UNAVAILABLE
 
@@ -130,6 +107,23 @@ class Engine:
 
     async def hsm_info(self) -> HsmInfo:
         return await self._hsm.info()
+
+    def _remember(self, uuid: str, path: str) -> None:
+        """Note where a volume is. Registry writes are coalesced: registering 1000 volumes one
+        by one would otherwise rewrite the whole file 1000 times (the registry is a cache of
+        what a scan finds, so losing the last second of it in a crash costs a rescan)."""
+        if not self._registry.put(uuid, path, flush=False):
+            return
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(1.0, self._flush_registry)
+
+    def _flush_registry(self) -> None:
+        self._flush_handle = None
+        try:
+            self._registry.flush()
+        except OSError as e:
+            log.warning("could not save the volume registry: %s", e)
 
     def subscribe(self, callback: Callable[[VolumeEvent], None]) -> Callable[[], None]:
         self._subscribers.append(callback)
@@ -160,7 +154,7 @@ class Engine:
         found = await asyncio.to_thread(_scan_block_devices)
         for uuid, path in found.items():
             known = self._registry.get(uuid)
-            self._registry.put(uuid, path)
+            self._remember(uuid, path)
             if known is None:
                 self._emit(VolumeEventKind.ADDED, uuid, await self._info_or_none(uuid))
         return sorted(found)
@@ -168,7 +162,7 @@ class Engine:
     async def add_device(self, path: str) -> VolumeInfo | None:
         """Called on hot-plug: register `path` if it is a wkd volume."""
         try:
-            header = await asyncio.to_thread(read_header, path)
+            header = await asyncio.to_thread(self._headers.read, path)
         except errors.WkdError:
             return None
         if not header.tokens:
@@ -186,11 +180,22 @@ class Engine:
             self._emit(VolumeEventKind.REMOVED, uuid, None)
 
     async def list_volumes(self) -> list[VolumeInfo]:
-        out: list[VolumeInfo] = []
-        for uuid in sorted(self._registry.devices()):
-            info = await self._info_or_none(uuid)
-            if info is not None:
-                out.append(info)
+        # One worker-thread hop for all headers and one scan of the dm devices for all
+        # volumes: per-volume hops and scans made this O(N) thread switches and O(N x maps).
+        headers = await asyncio.to_thread(self._read_known, self._registry.devices())
+        dms = devices.dm_devices()
+        return [self._info(h, dms) for h in headers]
+
+    def _read_known(self, known: dict[str, str]) -> list[Header]:
+        out: list[Header] = []
+        for uuid, path in sorted(known.items()):
+            try:
+                header = self._headers.read(path)
+            except errors.WkdError as e:
+                log.debug("volume %s not readable now: %s", uuid, e)
+                continue
+            if header.uuid == uuid and header.tokens:
+                out.append(header)
         return out
 
     async def get_volume(self, volume: str) -> VolumeInfo:
@@ -204,11 +209,11 @@ class Engine:
             log.debug("volume %s not readable now: %s", uuid, e)
             return None
 
-    async def _resolve(self, volume: str) -> _Header:
+    async def _resolve(self, volume: str) -> Header:
         """A device path or LUKS UUID -> the volume's header, checked to be a wkd volume."""
         if volume.startswith("/"):
             facts = devices.inspect(volume, allow_files=self._config.daemon.allow_image_files)
-            header = await asyncio.to_thread(read_header, facts.path)
+            header = await asyncio.to_thread(self._headers.read, facts.path)
         else:
             try:
                 uuid = validate_uuid(volume)
@@ -219,7 +224,7 @@ class Engine:
             if path is None:
                 raise errors.VolumeNotFound(f"no known volume has UUID {uuid}")
             try:
-                header = await asyncio.to_thread(read_header, path)
+                header = await asyncio.to_thread(self._headers.read, path)
             except (errors.DeviceNotFound, errors.NotAWkdVolume):
                 raise errors.VolumeNotFound(f"volume {uuid} is not present (last seen at "
                                             f"{path})") from None
@@ -228,16 +233,16 @@ class Engine:
                                             "another volume)")
         if not header.tokens:
             raise errors.NotAWkdVolume(f"{header.path} is LUKS2 but has no usable wkd token")
-        self._registry.put(header.uuid, header.path)
+        self._remember(header.uuid, header.path)
         return header
 
-    def _info(self, header: _Header) -> VolumeInfo:
+    def _info(self, header: Header, dms: list[devices.DmDevice] | None = None) -> VolumeInfo:
         best = header.tokens[unlock_order(header.tokens)[0]]
-        name = devices.find_mapping(header.uuid)
+        dm = devices.find_mapping_device(header.uuid, dms)
         mapping = None
-        if name is not None:
-            mapping = Mapping(name=name, device=f"/dev/mapper/{name}",
-                              read_only=_dm_read_only(name))
+        if dm is not None:
+            mapping = Mapping(name=dm.name, device=f"/dev/mapper/{dm.name}",
+                              read_only=devices.read_only(dm))
         return VolumeInfo(uuid=header.uuid, device=header.path, kek_label=best.kek_label,
                           kek_id=best.kek_id, cipher=header.cipher,
                           # The size comes from the token: a header without keyslots does not
@@ -310,7 +315,7 @@ class Engine:
             validate_mapping_name(options.name)
         header = await self._resolve(volume)
         async with self._volume_lock(header.uuid):
-            header = await asyncio.to_thread(read_header, header.path)
+            header = await asyncio.to_thread(self._headers.read, header.path)
             existing = devices.find_mapping(header.uuid)
             if existing is not None and not options.verify_only:
                 # Idempotent: an unlocked volume is reported, not opened twice.
@@ -336,7 +341,7 @@ class Engine:
             self._emit(VolumeEventKind.CHANGED, header.uuid, info)
         return info
 
-    async def _open_with_tokens(self, header: _Header, name: str,
+    async def _open_with_tokens(self, header: Header, name: str,
                                 options: UnlockOptions) -> None:
         last: errors.WkdError | None = None
         for tid in unlock_order(header.tokens):
@@ -389,7 +394,7 @@ class Engine:
         header = await self._resolve(volume)
         async with self._volume_lock(header.uuid):
             changed = await self._rewrap_locked(header.path, new_kek_label)
-            info = self._info(await asyncio.to_thread(read_header, header.path))
+            info = self._info(await asyncio.to_thread(self._headers.read, header.path))
         log_event(log, MessageId.VOLUME_REWRAPPED,
                   f"volume {header.uuid} is wrapped under KEK {new_kek_label}"
                   + ("" if changed else " (already was)"),
@@ -402,7 +407,7 @@ class Engine:
     async def _rewrap_locked(self, path: str, new_kek_label: str) -> bool:
         """The crash-safe protocol of docs/token-format.md. Returns False when already done."""
         new_kek = await self._hsm.get_kek(new_kek_label)
-        header = await self._reconcile(await asyncio.to_thread(read_header, path))
+        header = await self._reconcile(await asyncio.to_thread(self._headers.read, path))
         current_id = unlock_order(header.tokens)[0]
         current = header.tokens[current_id]
         if current.kek_label == new_kek.label and current.kek_id == new_kek.key_id:
@@ -414,50 +419,63 @@ class Engine:
             key_bytes=wrapped.key_bytes, cipher=current.cipher, state=TokenState.STAGED,
             created=current.created, auto_unlock=current.auto_unlock,
             generation=max(t.generation for t in header.tokens.values()) + 1)
-        self._checkpoint("before-stage")
-        staged_id = await asyncio.to_thread(_token_set, path, None, staged)
-        self._checkpoint("staged")
-        if not await self._verify_wrapped(path, staged.wrapped()):
-            await asyncio.to_thread(_token_remove, path, staged_id)
-            raise errors.KeyMismatch("the rewrapped key does not match the volume digest; "
-                                     "the volume is unchanged")
-        self._checkpoint("verified")
-        await asyncio.to_thread(_token_set, path, staged_id, staged.with_state(TokenState.ACTIVE))
-        self._checkpoint("activated")
-        for tid, tok in header.tokens.items():
-            if tok.generation < staged.generation:
-                await asyncio.to_thread(_token_remove, path, tid)
-                self._checkpoint(f"removed-{tid}")
+        # One libcryptsetup context for the whole protocol: each token write updates its
+        # in-memory header too, so nothing needs loading again between the steps.
+        dev = await asyncio.to_thread(luks2.Luks2Device.open, path)
+        try:
+            self._checkpoint("before-stage")
+            staged_id = await asyncio.to_thread(dev.token_json_set, None, render_token(staged))
+            self._checkpoint("staged")
+            if not await self._verify_with(dev, staged.wrapped()):
+                await asyncio.to_thread(dev.token_remove, staged_id)
+                raise errors.KeyMismatch("the rewrapped key does not match the volume digest; "
+                                         "the volume is unchanged")
+            self._checkpoint("verified")
+            await asyncio.to_thread(dev.token_json_set, staged_id,
+                                    render_token(staged.with_state(TokenState.ACTIVE)))
+            self._checkpoint("activated")
+            for tid, tok in header.tokens.items():
+                if tok.generation < staged.generation:
+                    await asyncio.to_thread(dev.token_remove, tid)
+                    self._checkpoint(f"removed-{tid}")
+        finally:
+            dev.close()
         return True
 
-    async def _verify_wrapped(self, path: str, wrapped: WrappedKey) -> bool:
+    async def _verify_with(self, dev: luks2.Luks2Device, wrapped: WrappedKey) -> bool:
+        """Does this wrapped key unwrap (in the HSM) to the key the LUKS2 digest accepts?"""
         try:
             key = await self._hsm.unwrap(wrapped)
         except (errors.KekNotFound, errors.UnwrapFailed):
             return False
         with key:
-            return await asyncio.to_thread(_verify_sync, path, key)
+            return await asyncio.to_thread(dev.verify_volume_key, key)
 
-    async def _reconcile(self, header: _Header) -> _Header:
+    async def _reconcile(self, header: Header) -> Header:
         """Bring a header left by an interrupted rewrap back to one active token."""
         if len(header.tokens) < 2 and all(t.state is TokenState.ACTIVE
                                           for t in header.tokens.values()):
             return header
-        verified = {tid: await self._verify_wrapped(header.path, tok.wrapped())
-                    for tid, tok in header.tokens.items()}
-        plan = plan_reconcile(header.tokens, verified)
-        if not plan.changes:
-            return header
-        if plan.promote is not None:
-            await asyncio.to_thread(_token_set, header.path, plan.promote,
-                                    header.tokens[plan.promote].with_state(TokenState.ACTIVE))
-        for tid in plan.remove:
-            await asyncio.to_thread(_token_remove, header.path, tid)
+        dev = await asyncio.to_thread(luks2.Luks2Device.open, header.path)
+        try:
+            verified = {tid: await self._verify_with(dev, tok.wrapped())
+                        for tid, tok in header.tokens.items()}
+            plan = plan_reconcile(header.tokens, verified)
+            if not plan.changes:
+                return header
+            if plan.promote is not None:
+                promoted = header.tokens[plan.promote].with_state(TokenState.ACTIVE)
+                await asyncio.to_thread(dev.token_json_set, plan.promote,
+                                        render_token(promoted))
+            for tid in plan.remove:
+                await asyncio.to_thread(dev.token_remove, tid)
+        finally:
+            dev.close()
         log_event(log, MessageId.RECONCILED,
                   f"volume {header.uuid}: finished an interrupted rewrap (kept token {plan.keep},"
                   f" removed {len(plan.remove)})", volume_uuid=header.uuid,
                   operation="reconcile", result="ok")
-        return await asyncio.to_thread(read_header, header.path)
+        return await asyncio.to_thread(self._headers.read, header.path)
 
     async def rewrap_all(self, from_kek: str, to_kek: str, *, caller: Caller = SYSTEM_CALLER,
                          on_progress: Callable[[int, int, str], None] | None = None
@@ -490,21 +508,6 @@ class Engine:
 
 
 # --- blocking helpers (run in worker threads) -------------------------------------------
-def _token_set(path: str, token_id: int | None, token: WkdToken) -> int:
-    with luks2.Luks2Device.open(path) as dev:
-        return dev.token_json_set(token_id, render_token(token))
-
-
-def _token_remove(path: str, token_id: int) -> None:
-    with luks2.Luks2Device.open(path) as dev:
-        dev.token_remove(token_id)
-
-
-def _verify_sync(path: str, key: SecretKey) -> bool:
-    with luks2.Luks2Device.open(path) as dev:
-        return dev.verify_volume_key(key)
-
-
 def _check_formattable(facts: devices.DeviceFacts, force: bool) -> None:
     if devices.holders(facts) or devices.mounted(facts) or devices.swap_in_use(facts):
         raise errors.DeviceInUse(f"{facts.path} is in use (mapped, mounted or swap); "
@@ -552,14 +555,3 @@ def _scan_block_devices() -> dict[str, str]:
 def _by_uuid_link(uuid: str) -> str | None:
     link = f"/dev/disk/by-uuid/{uuid}"
     return os.path.realpath(link) if os.path.exists(link) else None
-
-
-def _dm_read_only(name: str) -> bool:
-    for dm in devices.dm_devices():
-        if dm.name == name:
-            try:
-                with open(f"/sys/block/{dm.node.removeprefix('/dev/')}/ro") as f:
-                    return f.read().strip() == "1"
-            except OSError:
-                return False
-    return False

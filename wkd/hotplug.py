@@ -13,7 +13,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from wkd import devices, errors, luks2
-from wkd.engine import Engine, read_header
+from wkd.engine import Engine
+from wkd.headers import read_header
 from wkd.model import UnlockOptions
 from wkd.udev import UdevMonitor
 from wkd.wkdtab import WkdtabEntry, parse_wkdtab_lenient

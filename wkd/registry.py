@@ -20,6 +20,7 @@ class Registry:
     def __init__(self, state_dir: str) -> None:
         self._path = Path(state_dir) / "volumes.json"
         self._devices: dict[str, str] = {}
+        self._dirty = False
         self._load()
 
     def _load(self) -> None:
@@ -42,15 +43,26 @@ class Registry:
     def get(self, uuid: str) -> str | None:
         return self._devices.get(uuid)
 
-    def put(self, uuid: str, device: str) -> None:
+    def put(self, uuid: str, device: str, *, flush: bool = True) -> bool:
+        """Record where a volume is; True when that changed anything. With flush=False the
+        caller promises a later `flush()`."""
         if self._devices.get(uuid) == device:
-            return
+            return False
         self._devices[uuid] = device
-        self._save()
+        self._dirty = True
+        if flush:
+            self.flush()
+        return True
 
     def forget(self, uuid: str) -> None:
         if self._devices.pop(uuid, None) is not None:
+            self._dirty = True
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
             self._save()
+            self._dirty = False
 
     def _save(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
