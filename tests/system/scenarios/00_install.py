@@ -32,3 +32,15 @@ with Scenario() as t:
         proc = t.run("systemd-analyze", "verify", "--man=no", *units, check=False)
         t.check("systemd-analyze verify is clean for the installed units",
                 proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-1500:])
+    # The exposure score systemd computes for the installed, loaded unit (docs/boot.md
+    # records it; the host's offline score is checked by tests/unit/test_units.py).
+    t.run("systemctl", "daemon-reload", check=False)
+    proc = t.run("systemd-analyze", "security", "--no-pager", "wkd.service", check=False)
+    score_line = next((line for line in proc.stdout.splitlines()
+                       if "Overall exposure level" in line), "")
+    try:
+        score = float(score_line.split(":")[1].split()[0])
+    except (IndexError, ValueError):
+        score = 99.0
+    t.check("systemd-analyze security scores wkd.service at most 2.0 (low exposure)",
+            score <= 2.0, score_line.strip() or proc.stdout[-800:])
