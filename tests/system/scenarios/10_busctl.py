@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import subprocess
 
 from wkdtest import (
     KEYRING_REF,
@@ -84,3 +85,24 @@ with Scenario() as t:
     ops = sorted({f"{e.get('WKD_OPERATION')}={e.get('WKD_RESULT')}" for e in entries})
     t.check("journal has structured entries (MESSAGE_ID, operation, result) for this volume",
             len(ops) >= 3 and all(e.get("MESSAGE_ID") for e in entries), " ".join(ops))
+
+    # Two Unlocks of one volume at the same instant, from two clients: one mapping, and both
+    # callers get the same volume back (the engine serialises per volume and is idempotent).
+    argv = ["busctl", "--system", "--json=short", "call", "org.wkd1", "/org/wkd1",
+            "org.wkd1.Manager", "Unlock", "sa{sv}", dev, "0"]
+    racers = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in racers]
+    t.check("two concurrent Unlocks both succeed", all(p.returncode == 0 for p in racers),
+            " | ".join(err for _out, err in outs))
+    replies = {json.loads(out)["data"][0] for out, _err in outs if out.strip()}
+    t.check("both return the same volume object", replies == {path}, str(replies))
+    hex_uuid = uuid.replace("-", "")
+    maps = [line.split()[0] for line in t.run("dmsetup", "info", "-c", "--noheadings",
+                                               "-o", "name,uuid").stdout.splitlines()
+            if hex_uuid in line]
+    t.check("exactly one dm mapping exists for the volume", len(maps) == 1, str(maps))
+    t.busctl("Lock", "sa{sv}", dev, "0")
+    t.check("Lock after the race leaves no mapping", not any(
+        hex_uuid in line for line in t.run("dmsetup", "info", "-c", "--noheadings", "-o",
+                                           "name,uuid").stdout.splitlines()))
