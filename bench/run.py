@@ -7,7 +7,7 @@ Images are sparse 32 MiB files on tmpfs (/dev/shm), so header I/O measures softw
 disk. Each figure is a median over several runs with its spread; each comparison is a ratio
 to a peer measured in the same run, run i of wkd next to run i of the peer (see bench/stats.py).
 The full run takes ~8-12 minutes on 2 shared cores; --quick is a ~2 minute smoke version with
-fewer runs and sizes. The VM-only unlock comparison (systemd-cryptsetup) is bench/vm_unlock.sh.
+fewer runs and sizes. The VM-only unlock comparison (systemd-cryptsetup) is bench/vm_bench.py.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from dbus_fast.aio import MessageBus
 
 from bench import harness as h
+from bench import vm_bench
 from bench.profile import Sampler
 from bench.stats import (
     Row,
@@ -506,19 +507,11 @@ async def profile(env: h.Env, fleet: Fleet, plan: Plan, rep: Report) -> None:
     rep.extra["profile"] = out
 
 
-# --- VM results (bench/vm_unlock.sh, run inside the system-test VM) ------------------------
+# --- VM results (bench/vm_bench.py, run inside the system-test VM) ------------------------
 def vm_rows(path: Path) -> list[Row]:
-    """Rows with ratios from the JSON that bench/vm_unlock.sh prints in the VM."""
-    data = json.loads(path.read_text())
-    kernel = f"VM kernel {data.get('kernel', '?')}"
-    peer = Row("vm-unlock", "systemd-cryptsetup attach (PKCS#11, SoftHSM2)", "s",
-               tuple(data["systemd_cryptsetup_attach_s"]), note=kernel)
-    wkd = [
-        Row("vm-unlock", "wkd Unlock over D-Bus (busctl, activates)", "s",
-            tuple(data["wkd_unlock_dbus_s"])),
-        Row("vm-unlock", "wkd attach (boot path, no D-Bus)", "s", tuple(data["wkd_attach_s"])),
-    ]
-    return [*(with_ratios(r, [peer]) for r in wkd), peer]
+    """Rows with ratios from a VM unlock measurement (bench/vm_bench.py: its own output, the
+    30_bench_unlock scenario's result, or the system-test tier's summary.json)."""
+    return vm_bench.vm_rows(json.loads(path.read_text()))
 
 
 # --- main ----------------------------------------------------------------------------------

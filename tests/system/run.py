@@ -1,6 +1,6 @@
 """Run the system-test tier: build the .deb, boot the guest, run scenarios, summarize.
 
-    python3 -m tests.system.run [--deb FILE] [--only NAME ...] [--json FILE]
+    python3 -m tests.system.run [--deb FILE] [--only NAME ...] [--json FILE] [--bench]
 
 Exit status: 0 all scenarios passed, 1 any failed, 2 the tier could not run (missing
 tools, image or package build failure).  See docs/system-tests.md.
@@ -43,11 +43,13 @@ class ScenarioSpec:
     timeout: float
     disks: tuple[str, ...]
     summary: str
+    bench: bool = False  # header bench=1: a benchmark, run only with --bench
 
 
-def discover() -> list[ScenarioSpec]:
+def discover(include_bench: bool = False) -> list[ScenarioSpec]:
     """Scenarios are tests/system/scenarios/NN_name.py with a header line
-    ``# wkd-test: boot=1 timeout=120 disks=a,b`` and a docstring's first line as summary."""
+    ``# wkd-test: boot=1 timeout=120 disks=a,b`` and a docstring's first line as summary.
+    Benchmarks (``bench=1`` in the header) are left out unless include_bench."""
     specs = []
     for path in sorted(SCENARIOS.glob("[0-9][0-9]_*.py")):
         text = path.read_text()
@@ -58,8 +60,9 @@ def discover() -> list[ScenarioSpec]:
             name=path.stem, file=path, boot=int(fields.get("boot", "1")),
             timeout=float(fields.get("timeout", "120")),
             disks=tuple(d for d in fields.get("disks", "").split(",") if d),
-            summary=doc.group(1).strip() if doc else ""))
-    return specs
+            summary=doc.group(1).strip() if doc else "",
+            bench=fields.get("bench", "0") == "1"))
+    return [s for s in specs if include_bench or not s.bench]
 
 
 def log(msg: str) -> None:
@@ -87,6 +90,10 @@ def prepare_share(rundir: Path, deb: Path) -> Path:
     shutil.copytree(SCENARIOS, share / "scenarios",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(deb, share / "wkd.deb")
+    # The benchmark scenarios import bench.vm_bench and bench.stats (standard library only).
+    (share / "bench").mkdir()
+    for name in ("__init__.py", "stats.py", "vm_bench.py"):
+        shutil.copy(REPO / "bench" / name, share / "bench" / name)
     (share / "results").mkdir()
     (share / "requests").mkdir()
     return share
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=[],
                         help="run only scenarios whose name contains one of these")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--bench", action="store_true",
+                        help="also run benchmark scenarios (header bench=1; skipped by "
+                             "default), e.g. --bench --only bench")
     args = parser.parse_args(argv)
 
     missing = [t for t in TOOLS if not shutil.which(t)]
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             f"or not root (euid {os.geteuid()})")
         return 2
 
-    specs = [s for s in discover()
+    specs = [s for s in discover(include_bench=args.bench)
              if not args.only or any(o in s.name for o in args.only)]
     timings: dict[str, object] = {}
     try:
