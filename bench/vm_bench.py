@@ -143,9 +143,9 @@ def _prepare_peer(work: Path, dev: str, env: dict[str, str]) -> None:
           "--pbkdf-force-iterations", "1000", "--key-file", str(work / "peer.pass"), dev])
     _run(["systemd-cryptenroll", f"--pkcs11-token-uri=pkcs11:token={PEER_LABEL}", dev],
          env={**env, "PIN": PEER_PIN, "PASSWORD": passphrase})
-    # Only the token's keyslot stays: attach must go through the token.
-    _run(["cryptsetup", "luksKillSlot", "--batch-mode", "--key-file", str(work / "peer.pass"),
-          dev, "0"])
+    # Only the token's keyslot stays: attach must go through the token. (With --key-file,
+    # luksKillSlot wants a passphrase of a slot that stays; --batch-mode needs none.)
+    _run(["cryptsetup", "luksKillSlot", "--batch-mode", dev, "0"])
 
 
 def _prepare_pass(work: Path, dev: str) -> None:
