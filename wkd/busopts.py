@@ -12,7 +12,7 @@ for an interactive authentication dialog.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -85,11 +85,15 @@ def no_options(options: Options, method: str) -> Common:
 
 
 FORMAT_KEYS: Final = frozenset(
-    {"force", "auto-unlock", "label", "key-bits", "recovery-passphrase"}
+    {"force", "auto-unlock", "label", "key-bits", "recovery-passphrase",
+     "recovery-passphrase-fd"}
 )
 
 
-def format_options(options: Options) -> FormatOptions:
+def format_options(options: Options,
+                   read_fd: Callable[[object, int], bytes] | None = None) -> FormatOptions:
+    """`read_fd(fd, limit)` reads a passed descriptor (the adapter's I/O, kept out of here);
+    without it, descriptors are refused."""
     _check_keys(options, FORMAT_KEYS, "Format")
     label: str | None = None
     if "label" in options:
@@ -105,6 +109,16 @@ def format_options(options: Options) -> FormatOptions:
         if key_bits not in (256, 512):
             raise InvalidArgument(f"key-bits must be 256 or 512, not {key_bits}")
     passphrase: bytes | None = None
+    if "recovery-passphrase" in options and "recovery-passphrase-fd" in options:
+        raise InvalidArgument("give recovery-passphrase or recovery-passphrase-fd, not both")
+    if "recovery-passphrase-fd" in options:
+        # "h": the preferred way; the passphrase never appears in the message itself.
+        fd = _get(options, "recovery-passphrase-fd", "h")
+        if read_fd is None:
+            raise InvalidArgument("recovery-passphrase-fd is not accepted here")
+        passphrase = read_fd(fd, MAX_PASSPHRASE_BYTES)
+        if not passphrase:
+            raise InvalidArgument("recovery-passphrase-fd gave no data")
     if "recovery-passphrase" in options:
         # "ay", not "s": a passphrase is bytes, and "ay" keeps it out of string handling.
         raw = _get(options, "recovery-passphrase", "ay")

@@ -43,13 +43,13 @@ class Client:
 
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None, *,
                    path: str = ROOT, interface: str = MANAGER,
-                   destination: str = SERVICE) -> list[Any]:
+                   destination: str = SERVICE, unix_fds: list[int] | None = None) -> list[Any]:
         flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if self.interactive \
             else MessageFlag.NONE
         reply = await self.bus.call(Message(destination=destination, path=path,
                                             interface=interface, member=member,
                                             signature=signature, body=body or [],
-                                            flags=flags))
+                                            flags=flags, unix_fds=unix_fds or []))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             name = reply.error_name or ""
@@ -107,9 +107,42 @@ async def cmd_format(c: Client, a: argparse.Namespace) -> None:
         opts["auto-unlock"] = Variant("b", True)
     if a.label:
         opts["label"] = Variant("s", a.label)
-    (path,) = await c.call("Format", "ssa{sv}", [a.device, a.kek or "", opts])
+    fds: list[int] = []
+    secret_fd = _recovery_fd(a)
+    try:
+        if secret_fd is not None:
+            # The passphrase travels as a descriptor: the message carries only its index.
+            fds.append(secret_fd)
+            opts["recovery-passphrase-fd"] = Variant("h", 0)
+        (path,) = await c.call("Format", "ssa{sv}", [a.device, a.kek or "", opts],
+                               unix_fds=fds)
+    finally:
+        if secret_fd is not None:
+            os.close(secret_fd)
     p = await c.props(path, VOLUME)
     _out(a, dict(p, Object=path), f"formatted {a.device}: volume {p['Uuid']} (KEK {p['Kek']})")
+
+
+def _recovery_fd(a: argparse.Namespace) -> int | None:
+    """A readable descriptor holding the recovery passphrase, or None when none was asked."""
+    if a.recovery_passphrase_file:
+        if a.recovery_passphrase_file == "-":  # noqa: S105 - "-" means stdin, not a secret
+            return os.dup(sys.stdin.fileno())
+        try:
+            return os.open(a.recovery_passphrase_file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CliError(f"cannot open {a.recovery_passphrase_file}: {e.strerror}", 2) from None
+    if not a.ask_recovery_passphrase:
+        return None
+    import getpass  # noqa: PLC0415 - only for this prompt
+
+    first = getpass.getpass("Recovery passphrase: ")
+    if not first or first != getpass.getpass("Repeat it: "):
+        raise CliError("the passphrases are empty or differ", 2)
+    r, w = os.pipe()
+    os.write(w, first.encode())
+    os.close(w)
+    return r
 
 
 async def cmd_unlock(c: Client, a: argparse.Namespace) -> None:
@@ -219,6 +252,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="format over an existing signature")
     s.add_argument("--auto-unlock", action="store_true")
     s.add_argument("--label")
+    rp = s.add_mutually_exclusive_group()
+    rp.add_argument("--recovery-passphrase-file", metavar="FILE",
+                    help="also add a passphrase keyslot (plain cryptsetup can then open the "
+                         "volume without the HSM), reading the passphrase from FILE ('-': "
+                         "stdin); it is passed to the daemon as a file descriptor")
+    rp.add_argument("--ask-recovery-passphrase", action="store_true",
+                    help="like --recovery-passphrase-file, but prompt for it")
     s.set_defaults(fn=cmd_format)
     s = sub.add_parser("unlock", help="unlock a volume (device, UUID or object path)")
     s.add_argument("volume")

@@ -31,7 +31,13 @@ from wkd.engine import Engine
 from wkd.errors import Failed, InvalidArgument, KekNotFound, WkdError
 from wkd.model import Caller, HsmInfo, RewrapAllResult, VolumeEvent, VolumeEventKind, VolumeInfo
 from wkd.names import validate_kek_label, validate_uuid
-from wkd.service_call import check_string, current_call, guarded, make_recorder
+from wkd.service_call import (
+    check_string,
+    current_call,
+    guarded,
+    make_recorder,
+    read_secret_fd,
+)
 from wkd.service_objects import (
     JOB_IFACE,
     MANAGER_IFACE,
@@ -184,7 +190,7 @@ class Service:
         if not device.startswith("/"):
             raise InvalidArgument("device must be an absolute path such as /dev/sdb")
         kek: str | None = self.kek_arg(kek_label) if kek_label else None
-        opts = busopts.format_options(options)
+        opts = busopts.format_options(options, read_secret_fd)
         caller = await self.authorize(Action.FORMAT, busopts.common(options))
         info = await self.engine.format(device, kek, opts, caller=caller)
         return self.publish(info)

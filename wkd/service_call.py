@@ -10,8 +10,10 @@ This relies on dbus-fast's dispatch order, which tests/bus/test_sender_pinning.p
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -36,6 +38,10 @@ class CallInfo:
     sender: str
     allow_interactive: bool  # the ALLOW_INTERACTIVE_AUTHORIZATION header flag (D-Bus spec)
     serial: int
+    # Descriptors that came with the call. dbus-fast hands them over and never closes them,
+    # so `guarded` closes them when the call ends: a client could otherwise leak fds into
+    # the daemon with every call.
+    unix_fds: tuple[int, ...] = ()
 
 
 _current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
@@ -57,6 +63,7 @@ def make_recorder(interfaces: frozenset[str]) -> Callable[[Message], bool]:
                     allow_interactive=bool(
                         msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
                     serial=msg.serial,
+                    unix_fds=tuple(fd for fd in msg.unix_fds if isinstance(fd, int)),
                 ))
             else:
                 # Never let a stale record reach another method's task.
@@ -101,3 +108,39 @@ async def guarded(what: str, body: Callable[[], Awaitable[T]]) -> T:
     except Exception:
         log.exception("internal error in %s", what)
         raise DBusError(FAILED_NAME, FAILED_MESSAGE) from None
+    finally:
+        info = _current.get()
+        for fd in info.unix_fds if info is not None else ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def read_secret_fd(fd: object, limit: int) -> bytes:
+    """Read a secret (a recovery passphrase) a client passed as a file descriptor.
+
+    Secrets cross the bus as descriptors, not as values in the message (stratisd's rule):
+    a bus capture or monitor then shows only that an fd was passed. The client writes the
+    secret and closes its end before calling, so everything is already there: the read is
+    non-blocking and never stalls the event loop. The descriptor is closed by `guarded`.
+    """
+    if not isinstance(fd, int) or fd < 0:
+        raise InvalidArgument("the descriptor was not received (connect with unix fd support)")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        os.set_blocking(fd, False)
+        while total <= limit:
+            try:
+                chunk = os.read(fd, limit + 1 - total)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        raise InvalidArgument(f"cannot read the passed descriptor: {e.strerror}") from None
+    data = b"".join(chunks)
+    if total > limit:
+        raise InvalidArgument(f"the passphrase is longer than {limit} bytes")
+    return data
