@@ -24,6 +24,8 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from wkd import busclient
+from wkd.busclient import CallError
 from wkd.privatebus import PrivateBus, start_private_bus
 
 SERVICE, ROOT, MANAGER = "org.wkd1", "/org/wkd1", "org.wkd1.Manager"
@@ -195,26 +197,17 @@ async def connect(address: str) -> MessageBus:
 
 async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
                *body: Any) -> list[Any]:
-    reply = await bus.call(Message(destination=SERVICE, path=path, interface=iface,
-                                   member=member, signature=signature, body=list(body)))
-    assert reply is not None
-    if reply.message_type is MessageType.ERROR:
-        raise BenchError(f"{member} failed: {reply.error_name}: "
-                         f"{reply.body[0] if reply.body else ''}")
-    return list(reply.body)
+    try:
+        return await busclient.call(bus, path, iface, member, signature, *body)
+    except CallError as e:
+        raise BenchError(str(e)) from None
 
 
 async def wait_for_name(bus: MessageBus, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = await bus.call(Message(destination="org.freedesktop.DBus",
-                                       path="/org/freedesktop/DBus",
-                                       interface="org.freedesktop.DBus", member="NameHasOwner",
-                                       signature="s", body=[SERVICE]))
-        if reply is not None and reply.body and reply.body[0]:
-            return
-        await asyncio.sleep(0.05)
-    raise BenchError("org.wkd1 did not appear on the bus")
+    try:
+        await busclient.wait_for_name(bus, timeout=timeout)
+    except TimeoutError as e:
+        raise BenchError(str(e)) from None
 
 
 VERIFY = {"verify-only": Variant("b", True)}

@@ -20,14 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 
 from wkd import luks2
+from wkd.busclient import CallError, call, wait_for_name
 from wkd.privatebus import PrivateBus, start_private_bus
 
 SERVICE, ROOT, MANAGER, VOLUME = "org.wkd1", "/org/wkd1", "org.wkd1.Manager", "org.wkd1.Volume"
@@ -40,17 +40,6 @@ class DemoError(Exception):
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
-               *body: Any) -> list[Any]:
-    reply = await bus.call(Message(destination=SERVICE, path=path, interface=iface,
-                                   member=member, signature=signature, body=list(body)))
-    assert reply is not None
-    if reply.message_type is MessageType.ERROR:
-        raise DemoError(f"{member} failed: {reply.error_name}: "
-                        f"{reply.body[0] if reply.body else ''}")
-    return list(reply.body)
 
 
 async def props(bus: MessageBus, path: str, iface: str) -> dict[str, Any]:
@@ -88,27 +77,14 @@ def token_lines(device: str) -> str:
     return "\n".join("      " + line for line in keep)
 
 
-async def wait_for_name(bus: MessageBus, daemon: subprocess.Popen[bytes],
-                        timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            raise DemoError(f"the daemon exited with status {daemon.returncode}")
-        reply = await bus.call(Message(destination="org.freedesktop.DBus",
-                                       path="/org/freedesktop/DBus",
-                                       interface="org.freedesktop.DBus", member="NameHasOwner",
-                                       signature="s", body=[SERVICE]))
-        if reply is not None and reply.body and reply.body[0]:
-            return
-        await asyncio.sleep(0.1)
-    raise DemoError("the daemon did not claim org.wkd1 in time")
-
-
 async def walk(address: str, device: str,  # noqa: PLR0915 - one linear story
                daemon: subprocess.Popen[bytes]) -> None:
     bus = await MessageBus(bus_address=address).connect()
     try:
-        await wait_for_name(bus, daemon)
+        try:
+            await wait_for_name(bus, timeout=60, alive=lambda: daemon.poll() is None)
+        except TimeoutError as e:
+            raise DemoError(f"the daemon did not start: {e}") from None
         m = await props(bus, ROOT, MANAGER)
         kind = "SOFTWARE token (SoftHSM2)" if m["HsmSoftware"] else "hardware token"
         say(f"[setup] wkd {m['Version']} on the private bus; HSM {m['HsmState']}: token "
@@ -185,7 +161,7 @@ async def walk(address: str, device: str,  # noqa: PLR0915 - one linear story
                 "daemon says so:")
             try:
                 await call(bus, ROOT, MANAGER, "Lock", "sa{sv}", device, {})
-            except DemoError as e:
+            except CallError as e:
                 say(f"      -> {e}")
     finally:
         bus.disconnect()
@@ -238,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         say("\n== done: Format, Unlock, Rewrap and Lock all went through D-Bus; the clear key "
             "never left the daemon.")
         return 0
-    except DemoError as e:
+    except (DemoError, CallError) as e:
         print(f"\nwkd demo FAILED: {e}", file=sys.stderr)
         log_path = work / "wkd.log"
         if log_path.exists():
