@@ -9,26 +9,24 @@ This module only wires parts together; each part lives in its own module.
 
 from __future__ import annotations
 
+# Imports of the heavy parts (asyncio, the engine, python-pkcs11, dbus-fast) sit in the
+# functions that need them: `wkd detach` runs at shutdown and `wkd attach` at boot, where
+# every 100 ms of imports is felt (docs/performance.md), and detach needs none of them.
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from wkd import __version__, errors, systemd
+from wkd import __version__, errors
 from wkd.config import Config, load_config
-from wkd.engine import Engine
-from wkd.hsm.pin import read_pin
-from wkd.hsm.pkcs11 import Pkcs11Backend
 from wkd.log import MessageId, log_event, setup_logging
-from wkd.model import UnlockOptions
 from wkd.secret import make_process_undumpable
 
 if TYPE_CHECKING:
+    from wkd.engine import Engine
     from wkd.hotplug import Hotplug
 
 log = logging.getLogger("wkd.daemon")
@@ -36,6 +34,10 @@ log = logging.getLogger("wkd.daemon")
 
 def make_engine(config: Config) -> Engine:
     """The engine on the configured HSM, or on the embedded SoftHSM2 token by default."""
+    from wkd.engine import Engine  # noqa: PLC0415 - see the note on imports above
+    from wkd.hsm.pin import read_pin  # noqa: PLC0415
+    from wkd.hsm.pkcs11 import Pkcs11Backend  # noqa: PLC0415
+
     if config.embedded:
         from wkd.hsm.softhsm import ensure_embedded_token  # noqa: PLC0415 - embedded only
 
@@ -56,6 +58,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 async def run_daemon(config: Config, bus_address: str | None) -> int:
+    import asyncio  # noqa: PLC0415 - see the note on imports above
+    import signal  # noqa: PLC0415
+
+    from wkd import systemd  # noqa: PLC0415
     from wkd.service import serve  # noqa: PLC0415 - D-Bus is only needed by the daemon proper
 
     os.makedirs(config.daemon.state_dir, mode=0o700, exist_ok=True)
@@ -100,12 +106,14 @@ def _start_hotplug(engine: Engine) -> Hotplug | None:
 
 
 async def _attach(config: Config, name: str, wkdtab: str) -> int:
+    from wkd.model import UnlockOptions  # noqa: PLC0415
     from wkd.wkdtab import load_wkdtab_entry  # noqa: PLC0415
 
     # Lenient, like the generator: a typo on another line must not keep this volume locked.
     entry = load_wkdtab_entry(name, wkdtab)
     engine = make_engine(config)
-    await engine.start()
+    # No discovery: one boot unit unlocks one volume and reads one header, not every disk.
+    await engine.start(discover=False)
     try:
         device = entry.resolve_device()
         await engine.unlock(device, UnlockOptions(name=name, read_only=entry.read_only,
@@ -115,12 +123,12 @@ async def _attach(config: Config, name: str, wkdtab: str) -> int:
     return 0
 
 
-async def _detach(config: Config, name: str) -> int:
+def _detach(name: str) -> int:
     from wkd import devices, luks2  # noqa: PLC0415
 
     if not any(dm.name == name for dm in devices.dm_devices()):
         return 0  # already detached: stopping a unit twice is not an error
-    await asyncio.to_thread(luks2.deactivate, name)
+    luks2.deactivate(name)
     log_event(log, MessageId.VOLUME_LOCKED, f"detached {name}", operation="lock", result="ok",
               mapping=name)
     return 0
@@ -156,11 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Keys pass through this process: no core dumps, no ptrace by other uids.
     make_process_undumpable()
     try:
+        if args.command == "detach":
+            return _detach(args.name)  # needs no configuration, HSM or event loop
         config = _load(args)
+        import asyncio  # noqa: PLC0415 - see the note on imports above
+
         if args.command == "attach":
             return asyncio.run(_attach(config, args.name, args.wkdtab))
-        if args.command == "detach":
-            return asyncio.run(_detach(config, args.name))
         return asyncio.run(run_daemon(config, args.bus_address))
     except errors.WkdError as e:
         log.error("%s", e)

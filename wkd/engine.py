@@ -71,9 +71,14 @@ class Engine:
         self._checkpoint: Checkpoint = checkpoint or (lambda _step: None)
 
     # --- life cycle ---------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, *, discover: bool = True) -> None:
+        """Open the HSM; then (discover=True, the daemon) make sure the default KEK exists,
+        find wkd volumes and finish interrupted rewraps. Boot-time `wkd attach` passes
+        discover=False: it must not create keys, and reads only the header it unlocks."""
         await self._hsm.open()
         self._hsm_state = HsmState.READY
+        if not discover:
+            return
         default = self._config.hsm.default_kek
         try:
             await self._hsm.get_kek(default)
