@@ -206,3 +206,20 @@ def test_top_leaves_are_busy_frames_only() -> None:
     top = top_leaves(parse_raw(RAW), k=2)
     assert top == [("Luks2Device.open (wkd/luks2.py:238)", 20),
                    ("_unwrap_obj (wkd/hsm/pkcs11.py:498)", 10)]
+
+
+def test_vm_rows_ratios_against_systemd_cryptsetup() -> None:
+    from bench.vm_bench import vm_rows
+
+    data = {"bench": {"kernel": "6.1.0", "samples_s": {
+        "peer_attach": [0.8, 0.8, 0.8],
+        "wkd_unlock_busctl": [0.4, 0.4, 0.4],
+        "wkd_detach": [0.1, 0.1, 0.1],
+    }}}
+    rows = {r.subject: r for r in vm_rows(data)}
+    wkd = next(r for s, r in rows.items() if "busctl" in s)
+    (ratio,) = wkd.ratios.values()
+    assert ratio == 2.0  # twice as fast as the peer
+    peer = next(r for s, r in rows.items() if "systemd-cryptsetup attach" in s)
+    assert "6.1.0" in peer.note and not peer.ratios
+    assert any("detach" in s for s in rows)
