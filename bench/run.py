@@ -263,7 +263,8 @@ async def bench_rewrap(fleet: Fleet, plan: Plan, rep: Report) -> None:
             await h.verify(fleet.bus, last)
             repeat.append(time.perf_counter() - c0)
         rep.add(Row("register", f"first Unlock of a path (registers), at {n} volumes", "s",
-                    tuple(register[-plan.fast_reps:]), note="registers the path (coalesced registry write)"))
+                    tuple(register[-plan.fast_reps:]),
+                    note="registers the path (coalesced registry write)"))
         rep.add(Row("register", f"repeat Unlock of a path, at {n} volumes", "s",
                     tuple(repeat)))
         wkd_s: list[float] = []
