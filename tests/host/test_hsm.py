@@ -382,3 +382,29 @@ async def test_unwrap_throughput(hsm, record_property):
     # re-login or module reload (tens per second), not ordinary noise.
     assert rate > 100
 
+
+
+def test_embedded_token_initializer_runs_once(tmp_path) -> None:
+    """The child-process initializer runs on first use only; a wiped token directory is
+    noticed and initialized again."""
+    import shutil
+
+    from wkd.hsm import softhsm
+
+    calls: list[str] = []
+    real = softhsm._init_token
+
+    def counting(*args: str) -> None:
+        calls.append(args[2])
+        real(*args)
+
+    softhsm._init_token = counting  # type: ignore[assignment]
+    try:
+        first = softhsm.ensure_embedded_token(str(tmp_path))
+        again = softhsm.ensure_embedded_token(str(tmp_path))
+        assert first == again and len(calls) == 1
+        shutil.rmtree(tmp_path / "tokens")
+        softhsm.ensure_embedded_token(str(tmp_path))
+        assert len(calls) == 2
+    finally:
+        softhsm._init_token = real  # type: ignore[assignment]

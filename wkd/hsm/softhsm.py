@@ -68,7 +68,15 @@ def ensure_embedded_token(state_dir: str, module: str = SOFTHSM_MODULE) -> Embed
     # reverse order could leave a token nobody can log in to.
     pin = _read_or_create_pin(pin_file)
     so_pin = _read_or_create_pin(so_pin_file)
-    _init_token(module, conf, EMBEDDED_TOKEN_LABEL, so_pin, pin)
+    # The initializer is a child process (a second interpreter start: ~50 ms here, ~1 s in
+    # an emulated VM at boot), so it runs only until it has once succeeded; the marker is
+    # written after that, and a crash before it just means one more idempotent run.
+    ready = os.path.join(state_dir, ".token-initialized")
+    if not (os.path.exists(ready) and any(os.scandir(tokens))):
+        _init_token(module, conf, EMBEDDED_TOKEN_LABEL, so_pin, pin)
+        fd = os.open(ready, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.fsync(fd)
+        os.close(fd)
     return EmbeddedToken(module=module, token_label=EMBEDDED_TOKEN_LABEL, pin_file=pin_file,
                          conf_file=conf)
 
