@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from wkd import devices, errors, luks2
 from wkd.config import Config
-from wkd.headers import Header, HeaderCache, read_header
+from wkd.headers import Header, HeaderCache
 from wkd.hsm.base import HsmBackend
 from wkd.log import MessageId, log_event
 from wkd.model import (
@@ -156,7 +156,7 @@ class Engine:
     # --- discovery -----------------------------------------------------------------------
     async def scan(self) -> list[str]:
         """Find LUKS2 block devices carrying a wkd token; remember them. Returns their UUIDs."""
-        found = await asyncio.to_thread(_scan_block_devices)
+        found = await asyncio.to_thread(_scan_block_devices, self._headers)
         for uuid, path in found.items():
             known = self._registry.get(uuid)
             self._remember(uuid, path)
@@ -543,13 +543,14 @@ def _restore_region(path: str, data: bytes) -> None:
         log.exception("could not restore the start of %s after a failed format", path)
 
 
-def _scan_block_devices() -> dict[str, str]:
+def _scan_block_devices(headers: HeaderCache) -> dict[str, str]:
     found: dict[str, str] = {}
     for node in devices.block_devices():
         if not devices.has_luks_magic(node):
             continue
         try:
-            header = read_header(node)
+            # Through the cache: start-up reconciliation and listing read these again.
+            header = headers.read(node)
         except errors.WkdError:
             continue
         if header.tokens:
