@@ -85,6 +85,7 @@ async def run_daemon(config: Config, bus_address: str | None) -> int:
     closed = asyncio.create_task(handle.wait_closed())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    lost_bus = not stop.is_set()
     systemd.stopping()
     for task in (watchdog, closed, stopped):
         task.cancel()
@@ -92,6 +93,12 @@ async def run_daemon(config: Config, bus_address: str | None) -> int:
         hotplug.close()
     await handle.close()
     await engine.stop()
+    if lost_bus:
+        # Not asked to stop: the bus went away under us. Fail, so that Restart=on-failure
+        # brings the daemon (and its hot-plug monitoring) back rather than waiting for the
+        # next bus activation.
+        log.error("the D-Bus connection was lost; exiting so systemd restarts wkd")
+        return 1
     return 0
 
 

@@ -373,8 +373,11 @@ class ServiceHandle:
             await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     async def wait_closed(self) -> None:
+        # Shielded: dbus-fast awaits its one disconnect future directly, so cancelling a
+        # waiter (as the daemon does on SIGTERM) would cancel that future and break the
+        # bus's own shutdown (release_name then raised CancelledError).
         with contextlib.suppress(Exception):
-            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            await asyncio.shield(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
 
 
 async def serve(engine: Engine, bus_address: str | None, *,
