@@ -298,7 +298,10 @@ class Engine:
                                           label=options.label) as dev:
                 dev.token_json_set(None, render_token(token))
                 if options.recovery_passphrase:
-                    dev.add_passphrase_keyslot(key, options.recovery_passphrase)
+                    vols = self._config.volumes
+                    dev.add_passphrase_keyslot(key, options.recovery_passphrase,
+                                               pbkdf=vols.recovery_pbkdf,
+                                               time_ms=vols.recovery_pbkdf_ms)
                 uuid = dev.uuid
             # Verify from a fresh read: the token parses and its key matches the digest.
             with luks2.Luks2Device.open(facts.path) as dev:

@@ -219,6 +219,16 @@ def _init(path: str) -> ctypes.c_void_p:
     return cd
 
 
+def _pbkdf_benchmarked(kind: str, time_ms: int) -> _PbkdfType:
+    """A PBKDF libcryptsetup benchmarks to cost `time_ms` per open (cryptsetup's defaults for
+    argon2: up to 1 GiB of memory, 4 threads; the library lowers both to what the machine
+    has)."""
+    argon = kind.startswith("argon2")
+    return _PbkdfType(type=kind.encode(), hash=b"sha256", time_ms=time_ms, iterations=0,
+                      max_memory_kb=1048576 if argon else 0,
+                      parallel_threads=4 if argon else 0, flags=0)
+
+
 def _pbkdf2_fixed(iterations: int) -> _PbkdfType:
     return _PbkdfType(type=b"pbkdf2", hash=b"sha256", time_ms=0, iterations=iterations,
                       max_memory_kb=0, parallel_threads=0, flags=_CRYPT_PBKDF_NO_BENCHMARK)
@@ -402,15 +412,18 @@ class Luks2Device:
         _check(rc, f"crypt_activate_by_volume_key ({name})", self.path)
 
     def add_passphrase_keyslot(self, key: SecretKey, passphrase: bytes, *,
-                               pbkdf_iterations: int = MIN_PBKDF2_ITERATIONS) -> int:
-        """Add a PBKDF2-sha256 passphrase keyslot for `key`; returns the keyslot number.
+                               pbkdf: str = "argon2id", time_ms: int = 2000,
+                               pbkdf_iterations: int | None = None) -> int:
+        """Add a passphrase keyslot for `key`; returns the keyslot number.
 
-        Used for an administrator's recovery passphrase (choose a high iteration count for a
-        human passphrase) and by tests (the minimum keeps them fast).
+        For an administrator's recovery passphrase: a human secret, so by default argon2id
+        benchmarked to `time_ms` per open, as `cryptsetup luksAddKey` does. Tests pass
+        `pbkdf_iterations` for a fixed, cheap PBKDF2 instead.
         """
         cd = self._handle()
-        pbkdf = _pbkdf2_fixed(pbkdf_iterations)
-        _check(_lib.crypt_set_pbkdf_type(cd, ctypes.byref(pbkdf)), "crypt_set_pbkdf_type",
+        kdf = (_pbkdf2_fixed(pbkdf_iterations) if pbkdf_iterations is not None
+               else _pbkdf_benchmarked(pbkdf, time_ms))
+        _check(_lib.crypt_set_pbkdf_type(cd, ctypes.byref(kdf)), "crypt_set_pbkdf_type",
                self.path)
         rc = _lib.crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, key.as_char_p(),
                                                   key.length, passphrase, len(passphrase))

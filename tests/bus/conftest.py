@@ -82,7 +82,10 @@ class Daemon:
 def start_daemon(address: str, workdir: str) -> Daemon:
     state = os.path.join(workdir, "state")
     config = os.path.join(workdir, "wkd.toml")
-    Path(config).write_text("[daemon]\nallow_image_files = true\n")
+    # A cheap recovery keyslot keeps the bus tests fast; the strong default (argon2id) is
+    # checked by tests/host/test_engine.py.
+    Path(config).write_text("[daemon]\nallow_image_files = true\n"
+                            "[volumes]\nrecovery_pbkdf = \"pbkdf2\"\nrecovery_pbkdf_ms = 10\n")
     log = os.path.join(workdir, "wkd.log")
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     env.pop("NOTIFY_SOCKET", None)

@@ -133,6 +133,22 @@ async def test_luks_dump_shows_token_and_no_clear_key(engine: Engine, image: Pat
     assert base64.b64encode(h.only_wrapped(image).blob) in disk
 
 
+async def test_recovery_keyslot_uses_a_strong_kdf(engine: Engine, image: Path,
+                                                  tmp_path: Path) -> None:
+    """The recovery keyslot guards the key with a human passphrase: it gets cryptsetup's
+    default work factor (argon2id, benchmarked), not the digest's minimal PBKDF2."""
+    await engine.format(str(image), "kek-a",
+                        FormatOptions(recovery_passphrase=b"correct horse battery"))
+    dump = h.luks_dump(image)
+    keyslots = dump.split("Keyslots:")[1].split("Tokens:")[0]
+    assert "PBKDF:      argon2id" in keyslots, keyslots
+    secret = tmp_path / "pass"
+    secret.write_bytes(b"correct horse battery")
+    res = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file", str(secret),
+                          str(image)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
 async def test_format_with_default_kek(engine: Engine, image: Path) -> None:
     info = await engine.format(str(image), None, FormatOptions())
     assert info.kek_label == "wkd-default"

@@ -109,7 +109,7 @@ def test_format_then_reopen_reports_header_fields(image: str, key: SecretKey) ->
         assert (dev.cipher, dev.cipher_mode) == ("aes", "xts-plain64")
         # LUKS2 stores the key size only in keyslots; with none, libcryptsetup 2.6 says 0.
         assert dev.volume_key_size == 0
-        dev.add_passphrase_keyslot(key, b"recovery")
+        dev.add_passphrase_keyslot(key, b"recovery", pbkdf_iterations=1000)
     with luks2.Luks2Device.open(image) as dev:
         assert dev.volume_key_size == 64
 
@@ -248,7 +248,7 @@ def test_verify_volume_key(formatted: str, key: SecretKey) -> None:
 
 def test_passphrase_keyslot_opens_with_cryptsetup(formatted: str, key: SecretKey) -> None:
     with luks2.Luks2Device.open(formatted) as dev:
-        slot = dev.add_passphrase_keyslot(key, b"correct horse")
+        slot = dev.add_passphrase_keyslot(key, b"correct horse", pbkdf_iterations=1000)
     assert slot == 0
     ks = dump_json(formatted)["keyslots"][str(slot)]
     assert ks["kdf"]["type"] == "pbkdf2"
@@ -264,7 +264,7 @@ def test_passphrase_keyslot_opens_with_cryptsetup(formatted: str, key: SecretKey
 def test_passphrase_keyslot_refuses_wrong_volume_key(formatted: str) -> None:
     with luks2.Luks2Device.open(formatted) as dev, new_key() as wrong, \
             pytest.raises(KeyMismatch, match="does not match"):
-        dev.add_passphrase_keyslot(wrong, b"pw")
+        dev.add_passphrase_keyslot(wrong, b"pw", pbkdf_iterations=1000)
     assert dump_json(formatted)["keyslots"] == {}
 
 
@@ -353,7 +353,7 @@ def test_library_messages_reach_the_logger_without_key_bytes(
     caplog.set_level(logging.DEBUG, logger="wkd.luks2")
     with luks2.Luks2Device.open(formatted) as dev, new_key() as wrong:
         assert not dev.verify_volume_key(wrong)
-        dev.add_passphrase_keyslot(key, b"pw")
+        dev.add_passphrase_keyslot(key, b"pw", pbkdf_iterations=1000)
     with pytest.raises(DeviceNotFound):
         luks2.Luks2Device.open(str(tmp_path / "missing"))
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "wkd.luks2")

@@ -217,3 +217,16 @@ def test_parse_config_is_pure_and_names_source():
     assert info.value.message == (
         "/etc/wkd/wkd.toml: [daemon] state_dir: must be a string (got integer)"
     )
+
+
+def test_recovery_kdf_settings() -> None:
+    from wkd.config import parse_config
+
+    cfg = parse_config({})
+    assert (cfg.volumes.recovery_pbkdf, cfg.volumes.recovery_pbkdf_ms) == ("argon2id", 2000)
+    cfg = parse_config({"volumes": {"recovery_pbkdf": "pbkdf2", "recovery_pbkdf_ms": 50}})
+    assert (cfg.volumes.recovery_pbkdf, cfg.volumes.recovery_pbkdf_ms) == ("pbkdf2", 50)
+    for bad in ({"recovery_pbkdf": "md5"}, {"recovery_pbkdf_ms": 1},
+                {"recovery_pbkdf_ms": True}, {"recovery_pbkdf_ms": "2000"}):
+        with pytest.raises(InvalidConfig, match="recovery_pbkdf"):
+            parse_config({"volumes": bad})
