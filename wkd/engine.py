@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from wkd import devices, errors, luks2
 from wkd.config import Config
 from wkd.headers import Header, HeaderCache
-from wkd.hsm.base import HsmBackend
+from wkd.hsm.base import HsmBackend, ensure_kek
 from wkd.log import MessageId, log_event
 from wkd.model import (
     SYSTEM_CALLER,
@@ -79,11 +79,8 @@ class Engine:
         self._hsm_state = HsmState.READY
         if not discover:
             return
-        default = self._config.hsm.default_kek
-        try:
-            await self._hsm.get_kek(default)
-        except errors.KekNotFound:
-            kek = await self._hsm.create_kek(default)
+        kek, created = await ensure_kek(self._hsm, self._config.hsm.default_kek)
+        if created:
             log_event(log, MessageId.KEK_CREATED, f"created default KEK {kek.label}",
                       operation="create-kek", result="ok", kek_label=kek.label)
         await self.scan()

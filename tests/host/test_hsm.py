@@ -20,14 +20,13 @@ from pkcs11 import Attribute
 from tests.host.softhsm_fixture import *  # noqa: F403
 from tests.host.softhsm_fixture import KEK_A, KEK_B
 from wkd import errors
-from wkd.hsm.base import HsmBackend
+from wkd.hsm.base import HsmBackend, ensure_kek
 from wkd.hsm.pin import read_pin
 from wkd.hsm.pkcs11 import Pkcs11Backend, module_in_use
 from wkd.hsm.softhsm import (
     DEFAULT_KEK_LABEL,
     EMBEDDED_TOKEN_LABEL,
     SOFTHSM_MODULE,
-    ensure_default_kek,
     ensure_embedded_token,
 )
 from wkd.model import Mechanism
@@ -315,9 +314,9 @@ async def test_embedded_token_is_idempotent_and_private(softhsm_token, tmp_path)
                             embedded=True)
     await backend.open()
     try:
-        kek = await ensure_default_kek(backend)
-        assert kek.label == DEFAULT_KEK_LABEL
-        assert await ensure_default_kek(backend) == kek
+        kek, created = await ensure_kek(backend, DEFAULT_KEK_LABEL)
+        assert kek.label == DEFAULT_KEK_LABEL and created
+        assert await ensure_kek(backend, DEFAULT_KEK_LABEL) == (kek, False)
     finally:
         await backend.close()
 

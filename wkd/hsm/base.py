@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from wkd.errors import KekExists, KekNotFound
 from wkd.model import HsmInfo, KekInfo, WrappedKey
 from wkd.secret import SecretKey
 
@@ -43,3 +44,15 @@ class HsmBackend(Protocol):
     async def rewrap(self, wrapped: WrappedKey, new_kek_label: str) -> WrappedKey:
         """Unwrap under the old KEK and wrap under the new one inside the HSM; the clear key
         exists only as a sensitive, non-extractable session object."""
+
+
+async def ensure_kek(backend: HsmBackend, label: str) -> tuple[KekInfo, bool]:
+    """The KEK `label`, created if missing; the flag says whether this call created it."""
+    try:
+        return await backend.get_kek(label), False
+    except KekNotFound:
+        pass
+    try:
+        return await backend.create_kek(label), True
+    except KekExists:  # created meanwhile by another process on the same token
+        return await backend.get_kek(label), False

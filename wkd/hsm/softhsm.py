@@ -23,10 +23,8 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
-from wkd.errors import HsmUnavailable, KekExists, KekNotFound
-from wkd.hsm.base import HsmBackend
+from wkd.errors import HsmUnavailable
 from wkd.hsm.pin import read_pin
-from wkd.model import KekInfo
 
 SOFTHSM_MODULE: Final = "/usr/lib/softhsm/libsofthsm2.so"
 EMBEDDED_TOKEN_LABEL: Final = "wkd-embedded"  # noqa: S105 - a label, not a secret
@@ -79,18 +77,6 @@ def ensure_embedded_token(state_dir: str, module: str = SOFTHSM_MODULE) -> Embed
         os.close(fd)
     return EmbeddedToken(module=module, token_label=EMBEDDED_TOKEN_LABEL, pin_file=pin_file,
                          conf_file=conf)
-
-
-async def ensure_default_kek(backend: HsmBackend, label: str = DEFAULT_KEK_LABEL) -> KekInfo:
-    """The default KEK, created if missing (first start)."""
-    try:
-        return await backend.get_kek(label)
-    except KekNotFound:
-        pass
-    try:
-        return await backend.create_kek(label)
-    except KekExists:  # created meanwhile by another process on the same token
-        return await backend.get_kek(label)
 
 
 def _conf_text(tokendir: str) -> str:
