@@ -73,6 +73,16 @@ class Mapping:
     read_only: bool
 
 
+class VolumeCondition(enum.StrEnum):
+    """Whether a volume's on-disk state can be acted on. Every view (ListVolumes, the Volume
+    objects, GetManagedObjects, wkdctl status) shows the same condition, and operations on a
+    volume that is not OK are refused with a typed error naming the reason."""
+
+    OK = "ok"
+    DAMAGED = "damaged"  # libcryptsetup refuses the header, or its wkd token is invalid
+    DUPLICATE = "duplicate"  # two present devices carry this volume UUID
+
+
 @dataclass(frozen=True, slots=True)
 class VolumeInfo:
     uuid: str
@@ -85,6 +95,10 @@ class VolumeInfo:
     created: str  # RFC 3339 UTC
     mapping: Mapping | None  # None when locked (or when mapping state is unknown)
     label: str = ""  # LUKS2 label, may be empty
+    condition: VolumeCondition = VolumeCondition.OK
+    # Why the condition is not OK, for people: names devices, never key material. D-Bus:
+    # the Volume properties Condition and ConditionDetail.
+    condition_detail: str = ""
 
     @property
     def active(self) -> bool:
