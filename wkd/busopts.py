@@ -18,7 +18,8 @@ from typing import Any, Final, Protocol
 
 from wkd.errors import InvalidArgument, UnknownOption
 from wkd.model import FormatOptions, LockOptions, UnlockOptions
-from wkd.names import validate_mapping_name
+from wkd.secret import SecretKey
+from wkd.values import KeySize, MappingName
 
 # Upper bounds on what a caller may send, checked before anything else looks at the value:
 # the bus accepts messages up to 128 MiB, the daemon has no reason to accept more than this.
@@ -103,11 +104,9 @@ def format_options(options: Options,
             raise InvalidArgument(f"label must be at most {MAX_LABEL_CHARS} bytes")
         if not label.isprintable():
             raise InvalidArgument("label must contain printable characters only")
-    key_bits: int | None = None
+    key_size: KeySize | None = None
     if "key-bits" in options:
-        key_bits = int(_get(options, "key-bits", "u"))
-        if key_bits not in (256, 512):
-            raise InvalidArgument(f"key-bits must be 256 or 512, not {key_bits}")
+        key_size = KeySize.from_bits(int(_get(options, "key-bits", "u")))
     passphrase: bytes | None = None
     if "recovery-passphrase" in options and "recovery-passphrase-fd" in options:
         raise InvalidArgument("give recovery-passphrase or recovery-passphrase-fd, not both")
@@ -122,6 +121,8 @@ def format_options(options: Options,
     if "recovery-passphrase" in options:
         # "ay", not "s": a passphrase is bytes, and "ay" keeps it out of string handling.
         raw = _get(options, "recovery-passphrase", "ay")
+        # `bytes(raw)` is `raw` itself: SecretKey.from_bytes below scrubs the message's copy
+        # in place once it is in locked memory.
         passphrase = bytes(raw)
         if not 1 <= len(passphrase) <= MAX_PASSPHRASE_BYTES:
             raise InvalidArgument(
@@ -131,8 +132,8 @@ def format_options(options: Options,
         force=_bool(options, "force") if "force" in options else False,
         auto_unlock=_bool(options, "auto-unlock") if "auto-unlock" in options else False,
         label=label,
-        key_bits=key_bits,
-        recovery_passphrase=passphrase,
+        key_size=key_size,
+        recovery_passphrase=SecretKey.from_bytes(passphrase) if passphrase else None,
     )
 
 
@@ -141,9 +142,9 @@ UNLOCK_KEYS: Final = frozenset({"name", "read-only", "verify-only", "allow-disca
 
 def unlock_options(options: Options) -> UnlockOptions:
     _check_keys(options, UNLOCK_KEYS, "Unlock")
-    name: str | None = None
+    name: MappingName | None = None
     if "name" in options:
-        name = validate_mapping_name(_get(options, "name", "s"))
+        name = MappingName(_get(options, "name", "s"))
     return UnlockOptions(
         name=name,
         read_only=_bool(options, "read-only") if "read-only" in options else False,

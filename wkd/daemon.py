@@ -114,6 +114,7 @@ def _start_hotplug(engine: Engine) -> Hotplug | None:
 
 async def _attach(config: Config, name: str, wkdtab: str) -> int:
     from wkd.model import UnlockOptions  # noqa: PLC0415
+    from wkd.values import MappingName  # noqa: PLC0415
     from wkd.wkdtab import load_wkdtab_entry  # noqa: PLC0415
 
     # Lenient, like the generator: a typo on another line must not keep this volume locked.
@@ -123,7 +124,7 @@ async def _attach(config: Config, name: str, wkdtab: str) -> int:
     await engine.start(discover=False)
     try:
         device = entry.resolve_device()
-        await engine.unlock(device, UnlockOptions(name=name, read_only=entry.read_only,
+        await engine.unlock(device, UnlockOptions(name=MappingName(name), read_only=entry.read_only,
                                                   allow_discards=entry.discard))
     finally:
         await engine.stop()

@@ -45,6 +45,7 @@ from wkd.registry import Registry
 from wkd.secret import SecretKey
 from wkd.token import TOKEN_TYPE, WkdToken, new_token, parse_token, render_token
 from wkd.tokenstate import plan_reconcile, unlock_order
+from wkd.values import KeySize
 
 log = logging.getLogger("wkd.engine")
 
@@ -263,16 +264,14 @@ class Engine:
     async def format(self, device: str, kek_label: str | None, options: FormatOptions,
                      *, caller: Caller = SYSTEM_CALLER) -> VolumeInfo:
         kek_label = validate_kek_label(kek_label or self._config.hsm.default_kek)
-        key_bits = options.key_bits or self._config.volumes.key_bits
-        if key_bits not in (256, 512):
-            raise errors.InvalidArgument("key-bits must be 256 or 512 (aes-xts-plain64)")
+        key_size = options.key_size or KeySize.from_bits(self._config.volumes.key_bits)
         if options.label is not None and (len(options.label) > 47 or "\0" in options.label):
             raise errors.InvalidArgument("a LUKS2 label is at most 47 bytes")
         facts = devices.inspect(device, allow_files=self._config.daemon.allow_image_files)
         async with self._volume_lock("dev:" + facts.path):
             await asyncio.to_thread(_check_formattable, facts, options.force)
             kek = await self._hsm.get_kek(kek_label)  # KekNotFound before anything is written
-            wrapped = await self._hsm.generate_wrapped_key(kek.label, key_bits // 8)
+            wrapped = await self._hsm.generate_wrapped_key(kek.label, key_size.key_bytes)
             token = new_token(wrapped, cipher=self._config.volumes.cipher,
                               auto_unlock=options.auto_unlock, generation=1)
             key = await self._hsm.unwrap(wrapped)
@@ -312,6 +311,9 @@ class Engine:
         except BaseException:
             _restore_region(facts.path, undo)
             raise
+        finally:
+            if options.recovery_passphrase is not None:
+                options.recovery_passphrase.wipe()
 
     # --- Unlock --------------------------------------------------------------------------
     async def unlock(self, volume: str, options: UnlockOptions,

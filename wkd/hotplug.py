@@ -17,6 +17,7 @@ from wkd.engine import Engine
 from wkd.headers import read_header
 from wkd.model import UnlockOptions
 from wkd.udev import UdevMonitor
+from wkd.values import MappingName
 from wkd.wkdtab import WkdtabEntry, parse_wkdtab_lenient
 
 log = logging.getLogger("wkd.hotplug")
@@ -88,7 +89,7 @@ class Hotplug:
             return
         entry = self._entry_for(devnode, info.uuid)
         options = UnlockOptions() if entry is None else UnlockOptions(
-            name=entry.name, read_only=entry.read_only, allow_discards=entry.discard)
+            name=MappingName(entry.name), read_only=entry.read_only, allow_discards=entry.discard)
         try:
             await self._engine.unlock(info.uuid, options)
         except errors.WkdError as e:

@@ -411,7 +411,7 @@ class Luks2Device:
             raise MappingNameInUse(f"a device-mapper device named {name} already exists")
         _check(rc, f"crypt_activate_by_volume_key ({name})", self.path)
 
-    def add_passphrase_keyslot(self, key: SecretKey, passphrase: bytes, *,
+    def add_passphrase_keyslot(self, key: SecretKey, passphrase: SecretKey, *,
                                pbkdf: str = "argon2id", time_ms: int = 2000,
                                pbkdf_iterations: int | None = None) -> int:
         """Add a passphrase keyslot for `key`; returns the keyslot number.
@@ -426,7 +426,8 @@ class Luks2Device:
         _check(_lib.crypt_set_pbkdf_type(cd, ctypes.byref(kdf)), "crypt_set_pbkdf_type",
                self.path)
         rc = _lib.crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, key.as_char_p(),
-                                                  key.length, passphrase, len(passphrase))
+                                                  key.length, passphrase.as_char_p(),
+                                                  passphrase.length)
         if rc == -errno.EPERM:
             raise KeyMismatch(f"adding a keyslot to {self.path} failed: the volume key does "
                               "not match the volume")

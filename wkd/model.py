@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from wkd.values import KeySize, MappingName
+
+if TYPE_CHECKING:
+    from wkd.secret import SecretKey
 
 
 class TokenState(enum.StrEnum):
@@ -135,13 +141,15 @@ class FormatOptions:
     force: bool = False  # format even over an existing signature (never over a mapped/mounted one)
     auto_unlock: bool = False  # unlock when hot-plugged
     label: str | None = None  # LUKS2 label
-    key_bits: int | None = None  # 256 or 512; None -> config default
-    recovery_passphrase: bytes | None = None  # adds a pbkdf2/argon keyslot the admin holds
+    key_size: KeySize | None = None  # None -> config default
+    # Adds an argon2id keyslot the administrator holds. Locked memory, never repr'd; the
+    # engine wipes it once the keyslot is written (or the Format fails).
+    recovery_passphrase: SecretKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UnlockOptions:
-    name: str | None = None  # mapping name; None -> "wkd-<uuid>"
+    name: MappingName | None = None  # None -> "wkd-<uuid>"
     read_only: bool = False
     verify_only: bool = False  # check the HSM can open it; activate nothing
     allow_discards: bool = False

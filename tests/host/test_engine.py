@@ -23,7 +23,9 @@ from tests.host import engine_helpers as h
 from wkd import errors, luks2
 from wkd.engine import Engine
 from wkd.model import FormatOptions, LockOptions, TokenState, UnlockOptions
+from wkd.secret import SecretKey
 from wkd.token import parse_token, render_token
+from wkd.values import MappingName
 
 _skip = h.need_tools()
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -140,7 +142,8 @@ async def test_recovery_keyslot_uses_a_strong_kdf(engine: Engine, image: Path,
     """The recovery keyslot guards the key with a human passphrase: it gets cryptsetup's
     default work factor (argon2id, benchmarked), not the digest's minimal PBKDF2."""
     await engine.format(str(image), "kek-a",
-                        FormatOptions(recovery_passphrase=b"correct horse battery"))
+                        FormatOptions(recovery_passphrase=SecretKey.from_bytes(
+                            bytearray(b"correct horse battery"))))
     dump = h.luks_dump(image)
     keyslots = dump.split("Keyslots:")[1].split("Tokens:")[0]
     assert "PBKDF:      argon2id" in keyslots, keyslots
@@ -316,9 +319,9 @@ async def test_real_activation(engine: Engine, loopdev: str) -> None:
         pytest.skip("no device-mapper in this kernel; "
                     "real activation runs in the VM tier (tests/system)")
     info = await engine.format(loopdev, "kek-a", FormatOptions())
-    opened = await engine.unlock(info.uuid, UnlockOptions(name="wkd-test-act"))
+    opened = await engine.unlock(info.uuid, UnlockOptions(name=MappingName("wkd-test-act")))
     assert opened.mapping is not None
-    again = await engine.unlock(info.uuid, UnlockOptions(name="wkd-test-act"))
+    again = await engine.unlock(info.uuid, UnlockOptions(name=MappingName("wkd-test-act")))
     assert again.mapping == opened.mapping
     await engine.lock(info.uuid, LockOptions())
 
@@ -327,7 +330,7 @@ async def test_real_activation(engine: Engine, loopdev: str) -> None:
 async def test_invalid_mapping_names(engine: Engine, image: Path, name: str) -> None:
     info = await engine.format(str(image), "kek-a", FormatOptions())
     with pytest.raises(errors.InvalidName):
-        await engine.unlock(info.uuid, UnlockOptions(name=name))
+        await engine.unlock(info.uuid, UnlockOptions(name=MappingName(name)))
 
 
 async def test_unknown_volume(engine: Engine) -> None:

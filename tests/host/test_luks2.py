@@ -57,6 +57,10 @@ def new_key(length: int = 64) -> SecretKey:
     return SecretKey.from_bytes(bytearray(os.urandom(length)))
 
 
+def _pw(text: bytes) -> SecretKey:
+    return SecretKey.from_bytes(bytearray(text))
+
+
 @pytest.fixture
 def image(tmp_path: Path) -> str:
     path = tmp_path / "disk.img"
@@ -109,7 +113,7 @@ def test_format_then_reopen_reports_header_fields(image: str, key: SecretKey) ->
         assert (dev.cipher, dev.cipher_mode) == ("aes", "xts-plain64")
         # LUKS2 stores the key size only in keyslots; with none, libcryptsetup 2.6 says 0.
         assert dev.volume_key_size == 0
-        dev.add_passphrase_keyslot(key, b"recovery", pbkdf_iterations=1000)
+        dev.add_passphrase_keyslot(key, _pw(b"recovery"), pbkdf_iterations=1000)
     with luks2.Luks2Device.open(image) as dev:
         assert dev.volume_key_size == 64
 
@@ -248,7 +252,7 @@ def test_verify_volume_key(formatted: str, key: SecretKey) -> None:
 
 def test_passphrase_keyslot_opens_with_cryptsetup(formatted: str, key: SecretKey) -> None:
     with luks2.Luks2Device.open(formatted) as dev:
-        slot = dev.add_passphrase_keyslot(key, b"correct horse", pbkdf_iterations=1000)
+        slot = dev.add_passphrase_keyslot(key, _pw(b"correct horse"), pbkdf_iterations=1000)
     assert slot == 0
     ks = dump_json(formatted)["keyslots"][str(slot)]
     assert ks["kdf"]["type"] == "pbkdf2"
@@ -264,7 +268,7 @@ def test_passphrase_keyslot_opens_with_cryptsetup(formatted: str, key: SecretKey
 def test_passphrase_keyslot_refuses_wrong_volume_key(formatted: str) -> None:
     with luks2.Luks2Device.open(formatted) as dev, new_key() as wrong, \
             pytest.raises(KeyMismatch, match="does not match"):
-        dev.add_passphrase_keyslot(wrong, b"pw", pbkdf_iterations=1000)
+        dev.add_passphrase_keyslot(wrong, _pw(b"pw"), pbkdf_iterations=1000)
     assert dump_json(formatted)["keyslots"] == {}
 
 
@@ -353,7 +357,7 @@ def test_library_messages_reach_the_logger_without_key_bytes(
     caplog.set_level(logging.DEBUG, logger="wkd.luks2")
     with luks2.Luks2Device.open(formatted) as dev, new_key() as wrong:
         assert not dev.verify_volume_key(wrong)
-        dev.add_passphrase_keyslot(key, b"pw", pbkdf_iterations=1000)
+        dev.add_passphrase_keyslot(key, _pw(b"pw"), pbkdf_iterations=1000)
     with pytest.raises(DeviceNotFound):
         luks2.Luks2Device.open(str(tmp_path / "missing"))
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "wkd.luks2")

@@ -8,6 +8,7 @@ from dbus_fast import Variant
 from wkd import busopts
 from wkd.errors import InvalidArgument, InvalidName, UnknownOption
 from wkd.model import FormatOptions, LockOptions, UnlockOptions
+from wkd.values import KeySize
 
 
 def test_defaults():
@@ -24,8 +25,12 @@ def test_values():
     assert o == UnlockOptions(name="data", read_only=True, verify_only=True)
     f = busopts.format_options({"force": Variant("b", True), "key-bits": Variant("u", 256),
                                 "label": Variant("s", "x"),
-                                "recovery-passphrase": Variant("ay", b"pw")})
-    assert f == FormatOptions(force=True, key_bits=256, label="x", recovery_passphrase=b"pw")
+                                "recovery-passphrase": Variant("ay", bytes(bytearray(b"pw")))})
+    passphrase = f.recovery_passphrase
+    assert passphrase is not None and passphrase.reveal_for_test() == b"pw"
+    assert f == FormatOptions(force=True, key_size=KeySize.AES_128_XTS, label="x",
+                              recovery_passphrase=passphrase)
+    assert "pw" not in repr(f)
     assert busopts.lock_options({"deferred": Variant("b", True)}).deferred is True
     assert busopts.no_options({"interactive": Variant("b", True)}, "X").interactive is True
 
