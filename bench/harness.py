@@ -1,7 +1,7 @@
 """I/O side of the benchmarks: a private bus, the wkd daemon, D-Bus calls, image files, timing.
 
 The daemon runs exactly as in production (`python -m wkd`, embedded SoftHSM2 token in its state
-directory) on a private system-like bus (wkd.privatebus). Start-up is timed from just before
+directory) on a private system-like bus (devtools.privatebus). Start-up is timed from just before
 exec to the READY=1 datagram on a $NOTIFY_SOCKET this harness listens on (sd_notify(3)).
 """
 
@@ -24,13 +24,15 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from wkd import busclient
-from wkd.busclient import CallError
-from wkd.privatebus import PrivateBus, start_private_bus
+from devtools import busclient
+from devtools.busclient import CallError
+from devtools.privatebus import PrivateBus, start_private_bus
+from devtools.process import stop_process
+from wkd.bus.api import BUS_NAME as SERVICE
+from wkd.bus.api import JOB, MANAGER
+from wkd.bus.api import PROPERTIES as PROPS
+from wkd.bus.api import ROOT_PATH as ROOT
 
-SERVICE, ROOT, MANAGER = "org.wkd1", "/org/wkd1", "org.wkd1.Manager"
-VOLUME, JOB = "org.wkd1.Volume", "org.wkd1.Job"
-PROPS, OBJMGR = "org.freedesktop.DBus.Properties", "org.freedesktop.DBus.ObjectManager"
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_BYTES = 32 * 1024 * 1024  # the smallest size Format accepts (LUKS2 needs 16 MiB + data)
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -149,13 +151,8 @@ class Daemon:
         return t1 - t0
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=30)
         self.proc = None
 
     def pin(self) -> str:

@@ -414,7 +414,8 @@ async def bench_daemon(env: h.Env, fleet: Fleet, plan: Plan, rep: Report) -> Non
         d.stop()
         floor.append(h.timed_run([sys.executable, "-c", "pass"]))
         imports.append(h.timed_run([sys.executable, "-c",
-                                    "import wkd.daemon, wkd.service, wkd.engine, pkcs11"],
+                                    "import wkd.system.daemon, wkd.bus.service, wkd.engine, "
+                                    "pkcs11"],
                                    env=dict(os.environ, PYTHONPATH=str(h.REPO))))
     rep.add(Row("daemon", "start to READY=1, first (token init)", "s", tuple(first)))
     rep.add(Row("daemon", "start to READY=1, warm, 0 volumes", "s", tuple(warm)))

@@ -2,6 +2,6 @@
 
 import sys
 
-from wkd.daemon import main
+from wkd.system.daemon import main
 
 sys.exit(main())

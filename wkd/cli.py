@@ -19,14 +19,12 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from wkd.bus.api import BUS_NAME as SERVICE
+from wkd.bus.api import JOB, JOB_PREFIX, MANAGER, VOLUME
+from wkd.bus.api import PROPERTIES as PROPS
+from wkd.bus.api import ROOT_PATH as ROOT
 from wkd.errors import all_errors
 
-SERVICE = "org.wkd1"
-ROOT = "/org/wkd1"
-MANAGER = "org.wkd1.Manager"
-VOLUME = "org.wkd1.Volume"
-JOB = "org.wkd1.Job"
-PROPS = "org.freedesktop.DBus.Properties"
 EXIT_CODES = {cls.dbus_name: cls.exit_code for cls in all_errors()}
 
 
@@ -92,11 +90,14 @@ async def cmd_status(c: Client, a: argparse.Namespace) -> None:
     if not vols:
         print("no volumes")
         return
-    rows = [["UUID", "DEVICE", "KEK", "STATE", "MAPPING"]]
+    rows = [["UUID", "DEVICE", "KEK", "STATE", "MAPPING", "CONDITION"]]
     for v in vols:
         rows.append([v["Uuid"], v["Device"], v["Kek"], "unlocked" if v["Active"] else "locked",
-                     v["MappedDevice"] or "-"])
+                     v["MappedDevice"] or "-", v.get("Condition", "ok")])
     print(_table(rows))
+    for v in vols:
+        if v.get("Condition", "ok") != "ok":
+            print(f"{v['Uuid']}: {v['Condition']}: {v.get('ConditionDetail') or 'no detail'}")
 
 
 async def cmd_format(c: Client, a: argparse.Namespace) -> None:
@@ -199,7 +200,7 @@ async def cmd_rewrap_all(c: Client, a: argparse.Namespace) -> None:
         return False
 
     # Subscribe before starting the job, so no signal slips by (STYLE principle 6).
-    rule = f"type='signal',sender='{SERVICE}',path_namespace='{ROOT}/job'"
+    rule = f"type='signal',sender='{SERVICE}',path_namespace='{JOB_PREFIX.rstrip('/')}'"
     await c.call("AddMatch", "s", [rule], path="/org/freedesktop/DBus",
                  interface="org.freedesktop.DBus", destination="org.freedesktop.DBus")
     c.bus.add_message_handler(handler)

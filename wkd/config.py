@@ -9,6 +9,7 @@ choose.
     [daemon]
     state_dir = "/var/lib/wkd"      # embedded SoftHSM2 token and its PIN live here
     allow_image_files = false       # tests/benchmarks may format regular image files
+    allow_passphrase_in_message = false  # accept Format's recovery-passphrase (ay) on the bus
     [hsm]
     module = ""                     # PKCS#11 module path; empty -> embedded SoftHSM2 token
     token_label = ""                # required when module is set
@@ -48,6 +49,10 @@ _T = TypeVar("_T")
 class DaemonConfig:
     state_dir: str = "/var/lib/wkd"
     allow_image_files: bool = False
+    # Format's `recovery-passphrase` (ay) puts the passphrase in the message itself, where
+    # bus captures and dbus-daemon's memory keep it; refused unless enabled here. The
+    # descriptor route (`recovery-passphrase-fd`) is always accepted.
+    allow_passphrase_in_message: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +185,7 @@ def parse_pbkdf_ms(value: object) -> int:
 # --- assembling sections ----------------------------------------------------------------
 
 _SECTIONS: Final[dict[str, frozenset[str]]] = {
-    "daemon": frozenset({"state_dir", "allow_image_files"}),
+    "daemon": frozenset({"state_dir", "allow_image_files", "allow_passphrase_in_message"}),
     "hsm": frozenset({"module", "token_label", "pin_file", "default_kek"}),
     "volumes": frozenset({"cipher", "key_bits", "recovery_pbkdf", "recovery_pbkdf_ms"}),
 }
@@ -256,6 +261,9 @@ def parse_config(
         state_dir=daemon_raw.get("state_dir", parse_abs_path, d_daemon.state_dir),
         allow_image_files=daemon_raw.get(
             "allow_image_files", parse_bool, d_daemon.allow_image_files
+        ),
+        allow_passphrase_in_message=daemon_raw.get(
+            "allow_passphrase_in_message", parse_bool, d_daemon.allow_passphrase_in_message
         ),
     )
     hsm = HsmConfig(

@@ -172,20 +172,18 @@ class UnwrapFailed(HsmError):
     exit_code = 7
 
 
-# --- authorization and jobs -------------------------------------------------------------
+# --- authorization and limits -----------------------------------------------------------
 class NotAuthorized(WkdError):
     dbus_name = ERROR_PREFIX + "NotAuthorized"
     exit_code = 6
 
 
-class JobNotFound(WkdError):
-    dbus_name = ERROR_PREFIX + "JobNotFound"
-    exit_code = 3
+class LimitExceeded(WkdError):
+    """A bound the daemon keeps so that no client can degrade service for others: pending
+    calls per client, running jobs, the size of a call (docs/dbus-api.md, "Limits")."""
 
-
-class Cancelled(WkdError):
-    dbus_name = ERROR_PREFIX + "Cancelled"
-    exit_code = 1
+    dbus_name = ERROR_PREFIX + "LimitExceeded"
+    exit_code = 4
 
 
 def all_errors() -> list[type[WkdError]]:

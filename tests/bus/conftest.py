@@ -25,13 +25,14 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from devtools.privatebus import PrivateBus, start_private_bus
+from devtools.process import stop_process
 from tests.bus.fake_polkit import FakePolkit
-from wkd.privatebus import PrivateBus, start_private_bus
+from wkd.bus.api import BUS_NAME as SERVICE
+from wkd.bus.api import MANAGER
+from wkd.bus.api import ROOT_PATH as ROOT
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICE = "org.wkd1"
-ROOT = "/org/wkd1"
-MANAGER = "org.wkd1.Manager"
 
 
 def _need(tool: str) -> None:
@@ -105,13 +106,8 @@ def start_daemon(address: str, workdir: str) -> Daemon:
     return Daemon(address, state, config, workdir, proc, log)
 
 
-def stop_daemon(d: Daemon) -> None:
-    d.proc.terminate()
-    try:
-        d.proc.wait(30)
-    except subprocess.TimeoutExpired:
-        d.proc.kill()
-        d.proc.wait()
+def stop_daemon(d: Daemon) -> int | None:
+    return stop_process(d.proc, timeout=30)
 
 
 @pytest.fixture(scope="module")

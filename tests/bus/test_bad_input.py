@@ -34,7 +34,8 @@ async def test_typed_errors_and_header_unchanged(bus, vol):
     image, path = vol
     before = _digest(image)
     props = await get_all(bus, path, "org.wkd1.Volume")
-    big = "x" * (1 << 20)
+    big = "x" * (1 << 20)  # past the per-call bound: refused before anything reads it
+    long = "x" * 5000  # within the bound, past PATH_MAX: refused when decoded
     cases = [
         ("org.wkd1.Error.UnknownOption", "Unlock", "sa{sv}", [image, {"readonly": Variant("b", True)}]),  # noqa: E501
         ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", [image, {"read-only": Variant("s", "yes")}]),  # noqa: E501
@@ -42,12 +43,15 @@ async def test_typed_errors_and_header_unchanged(bus, vol):
         ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "a/b")}]),
         ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "-x")}]),
         ("org.wkd1.Error.InvalidName", "Unlock", "sa{sv}", [image, {"name": Variant("s", "n" * 200)}]),  # noqa: E501
-        ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", [big, {}]),
+        ("org.wkd1.Error.LimitExceeded", "Unlock", "sa{sv}", [big, {}]),
+        ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", [long, {}]),
         ("org.wkd1.Error.InvalidArgument", "Unlock", "sa{sv}", ["not-a-volume", {}]),
-        ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [big, "", {}]),
-        ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [image, big, {}]),
+        ("org.wkd1.Error.LimitExceeded", "Format", "ssa{sv}", [big, "", {}]),
+        ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [long, "", {}]),
+        ("org.wkd1.Error.InvalidArgument", "Format", "ssa{sv}", [image, long, {}]),
         ("org.wkd1.Error.InvalidName", "Rewrap", "ssa{sv}", [image, "bad label!", {}]),
-        ("org.wkd1.Error.InvalidArgument", "CreateKek", "sa{sv}", [big, {}]),
+        ("org.wkd1.Error.LimitExceeded", "CreateKek", "sa{sv}", [big, {}]),
+        ("org.wkd1.Error.InvalidArgument", "CreateKek", "sa{sv}", [long, {}]),
         ("org.wkd1.Error.InvalidName", "CreateKek", "sa{sv}", ["-rf", {}]),
         ("org.wkd1.Error.UnknownOption", "CreateKek", "sa{sv}", ["ok-label", {"x": Variant("b", True)}]),  # noqa: E501
         ("org.wkd1.Error.UnknownOption", "Format", "ssa{sv}", [image, "", {"forse": Variant("b", True)}]),  # noqa: E501

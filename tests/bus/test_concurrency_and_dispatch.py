@@ -1,19 +1,14 @@
-"""Concurrency on the real service, and the pin on dbus-fast's dispatch order that the
-caller identity relies on (wkd/service_call.py)."""
+"""Concurrency on the real service (the pins on dbus-fast's dispatch are in
+test_dispatch_pins.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from typing import Annotated
-
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusSignature
-from dbus_fast.service import ServiceInterface, dbus_method
 
 from tests.bus.conftest import call, format_image, get_prop
-from wkd.service_call import current_call, make_recorder
 
 
 async def test_fifty_concurrent_clients(wkd_daemon, bus, image):
@@ -51,44 +46,3 @@ async def test_two_concurrent_verify_unlocks(bus, image):
                                 call(bus, "Unlock", "sa{sv}", [image, opts]))
     assert a == b == [path]
     assert await get_prop(bus, path, "org.wkd1.Volume", "Active") is False
-
-
-class _Echo(ServiceInterface):
-    def __init__(self) -> None:
-        super().__init__("test.Echo")
-
-    @dbus_method(name="WhoAsync")
-    async def who_async(self) -> Annotated[str, DBusSignature("s")]:
-        await asyncio.sleep(random.random() / 100)
-        return current_call().sender
-
-    @dbus_method(name="WhoInteractive")
-    async def who_interactive(self) -> Annotated[bool, DBusSignature("b")]:
-        return current_call().allow_interactive
-
-
-async def test_sender_recorded_before_dispatch(private_bus):
-    """If dbus-fast ever runs user message handlers after method dispatch, or stops copying
-    the context into the handler's task, this fails, and so would caller identification."""
-    server = await MessageBus(bus_address=private_bus.address).connect()
-    server.add_message_handler(make_recorder(frozenset({"test.Echo"})))
-    server.export("/t", _Echo())
-    clients = [await MessageBus(bus_address=private_bus.address).connect() for _ in range(8)]
-    try:
-        async def ask(c: MessageBus, member: str, flags: int = 0):
-            from dbus_fast import MessageFlag
-
-            r = await c.call(Message(destination=server.unique_name, path="/t",
-                                     interface="test.Echo", member=member,
-                                     flags=MessageFlag(flags)))
-            assert r.message_type == MessageType.METHOD_RETURN, r.body
-            return r.body[0]
-
-        results = await asyncio.gather(*(ask(c, "WhoAsync") for c in clients for _ in range(5)))
-        expected = [c.unique_name for c in clients for _ in range(5)]
-        assert results == expected
-        assert await ask(clients[0], "WhoInteractive", 4) is True
-        assert await ask(clients[0], "WhoInteractive", 0) is False
-    finally:
-        for c in [*clients, server]:
-            c.disconnect()

@@ -7,7 +7,7 @@ import signal
 import tempfile
 
 from tests.bus.conftest import start_daemon
-from wkd.privatebus import start_private_bus
+from devtools.privatebus import start_private_bus
 
 
 def test_sigterm_is_a_clean_stop() -> None:

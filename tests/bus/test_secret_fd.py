@@ -54,13 +54,15 @@ async def test_passed_descriptors_are_closed(wkd_daemon, bus):
         r, w = os.pipe()
         os.write(w, b"x")
         os.close(w)
-        # An fd sent to a method that takes none, inside the options: refused, and closed.
+        # An fd sent to a method that takes none, inside the options: refused before it is
+        # dispatched, and closed.
         reply = await bus.call(Message(
             destination="org.wkd1", path="/org/wkd1", interface="org.wkd1.Manager",
             member="ListVolumes", signature="a{sv}", body=[{"junk": Variant("h", 0)}],
             unix_fds=[r]))
         os.close(r)
         assert reply is not None and reply.message_type is MessageType.ERROR
-        assert reply.error_name == "org.wkd1.Error.UnknownOption"
+        assert reply.error_name == "org.wkd1.Error.InvalidArgument"
+        assert "takes no file descriptors" in reply.body[0]
     await asyncio.sleep(0.2)
     assert _open_fds(pid) <= before + 2, "the daemon kept descriptors its callers sent"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from wkd import luks2
 from wkd.config import Config, load_config
-from wkd.daemon import make_engine
 from wkd.engine import Engine
 from wkd.model import WrappedKey
+from wkd.system.daemon import make_engine
 from wkd.token import TOKEN_TYPE, parse_token
 
 IMAGE_BYTES = 40 * 1024 * 1024

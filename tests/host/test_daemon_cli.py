@@ -31,7 +31,7 @@ def test_detach_of_an_absent_mapping_succeeds() -> None:
 
 def test_detach_does_not_load_the_heavy_parts() -> None:
     # detach runs at shutdown: no engine, no PKCS#11, no event loop.
-    code = ("import sys, wkd.daemon as d; d._detach('wkd-no-such-mapping');"
+    code = ("import sys, wkd.system.daemon as d; d._detach('wkd-no-such-mapping');"
             "print(sorted(m for m in ('asyncio', 'pkcs11', 'dbus_fast', 'wkd.engine')"
             " if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""wkd.generator: systemd escaping, golden unit output per wkdtab case, the generator's files."""
+"""wkd.system.generator: systemd escaping, golden unit output per wkdtab case, its files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wkd import generator as gen
+from wkd.system import generator as gen
 from wkd.wkdtab import parse_wkdtab
 
 GOLDEN = Path(__file__).parent / "golden" / "generator"

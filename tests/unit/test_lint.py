@@ -23,7 +23,7 @@ def _tool(name: str) -> list[str]:
 
 
 def test_ruff_clean() -> None:
-    res = subprocess.run([*_tool("ruff"), "check", "wkd", "tests", "bench"], cwd=ROOT,
+    res = subprocess.run([*_tool("ruff"), "check", "wkd", "devtools", "tests", "bench"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 

@@ -1,4 +1,4 @@
-"""wkd.systemd: sd_notify over a real AF_UNIX datagram socket, watchdog interval and loop."""
+"""wkd.system.systemd: sd_notify over a real AF_UNIX datagram socket, watchdog interval and loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from wkd import systemd as sd
+from wkd.system import systemd as sd
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ from typing import Any, Final
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-SERVICE: Final = "org.wkd1"
+from wkd.bus.api import BUS_NAME
+
+SERVICE: Final = BUS_NAME
 
 
 class CallError(Exception):

@@ -4,7 +4,22 @@
     wkd attach NAME [--wkdtab PATH]   unlock a wkdtab entry without D-Bus (boot units)
     wkd detach NAME                   lock it again
 
-This module only wires parts together; each part lives in its own module.
+The daemon's life cycle, in this order (docs/design.md, "Life cycle"):
+  1. stop signals are taken in hand (the first statement of `main`): from here a SIGTERM
+     or SIGINT is a request to stop, never a kill;
+  2. configuration: an invalid one ends the process with EX_CONFIG (78), which the unit does
+     not restart on (RestartPreventExitStatus=78), with a message naming file and key;
+  3. the engine opens the HSM and finds the volumes; the bus service is prepared (connected,
+     every object exported); hot-plug monitoring starts;
+  4. the bus name org.wkd1 is taken -- last, so no caller reaches a half-built daemon --
+     and systemd is told READY=1.
+A stop request at any point of 3-4 cancels start-up where it is; then, as after READY:
+hot-plug stops and its work in flight is drained, the name is given up, calls in flight
+finish, jobs stop, the engine closes, and the exit status is 0. Losing the bus is a failure
+(status 1), so that Restart=on-failure brings the daemon back.
+
+No traceback for what an administrator can cause: configuration errors, a full or
+read-only state directory, an unreachable bus or HSM end the process with one log line.
 """
 
 from __future__ import annotations
@@ -18,18 +33,25 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from wkd import __version__, errors
 from wkd.config import Config, load_config
-from wkd.log import MessageId, log_event, setup_logging
+from wkd.log import MessageId, StderrHandler, log_event, setup_logging
 from wkd.secret import make_process_undumpable
+from wkd.system.stop import StopSignals
 
 if TYPE_CHECKING:
+    from wkd.bus.service import ServiceHandle
     from wkd.engine import Engine
     from wkd.hotplug import Hotplug
 
 log = logging.getLogger("wkd.daemon")
+
+# sysexits.h: EX_CONFIG, "something was found in an unconfigured or misconfigured state".
+EX_CONFIG: Final = 78
+# How long a stop waits for hot-plug work in flight (an auto-unlock is a second or two).
+HOTPLUG_DRAIN_SECONDS: Final = 15.0
 
 
 def make_engine(config: Config) -> Engine:
@@ -57,43 +79,87 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-async def run_daemon(config: Config, bus_address: str | None) -> int:
+class _Daemon:
+    """The running parts, started in order and stopped in reverse."""
+
+    def __init__(self, config: Config, bus_address: str | None) -> None:
+        self.config = config
+        self.bus_address = bus_address
+        self.engine: Engine | None = None
+        self.service: ServiceHandle | None = None
+        self.hotplug: Hotplug | None = None
+
+    async def start(self) -> str:
+        import asyncio  # noqa: PLC0415 - see the note on imports above
+
+        from wkd.bus.calls import Settings  # noqa: PLC0415 - the daemon proper only
+        from wkd.bus.service import prepare  # noqa: PLC0415
+        from wkd.system import systemd  # noqa: PLC0415
+
+        await asyncio.to_thread(os.makedirs, self.config.daemon.state_dir, mode=0o700,
+                                exist_ok=True)
+        systemd.status("opening the HSM")
+        # The embedded token may be created here (a child process): off the loop, so a
+        # stop request is seen at once.
+        self.engine = await asyncio.to_thread(make_engine, self.config)
+        await self.engine.start()
+        info = await self.engine.hsm_info()
+        systemd.status("connecting to the bus")
+        settings = Settings(
+            allow_passphrase_in_message=self.config.daemon.allow_passphrase_in_message)
+        self.service = await prepare(self.engine, self.bus_address, settings=settings)
+        self.hotplug = _start_hotplug(self.engine)
+        await self.service.announce()
+        kind = "SOFTWARE token (SoftHSM2)" if info.software else "hardware token"
+        embedded = ", embedded in " + self.config.daemon.state_dir if info.embedded else ""
+        log_event(log, MessageId.DAEMON_STARTED,
+                  f"wkd {__version__} ready: HSM {info.token_label!r} is a {kind}{embedded}",
+                  operation="start", result="ok")
+        return f"serving; HSM token {info.token_label} ({kind})"
+
+    async def stop(self) -> None:
+        import asyncio  # noqa: PLC0415
+
+        if self.hotplug is not None:
+            self.hotplug.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hotplug.drain(), HOTPLUG_DRAIN_SECONDS)
+        if self.service is not None:
+            await self.service.close()
+        if self.engine is not None:
+            await self.engine.stop()
+
+
+async def run_daemon(config: Config, bus_address: str | None, stop: StopSignals) -> int:
+    """Run until a stop request (status 0) or the loss of the bus (status 1)."""
     import asyncio  # noqa: PLC0415 - see the note on imports above
-    import signal  # noqa: PLC0415
 
-    from wkd import systemd  # noqa: PLC0415
-    from wkd.service import serve  # noqa: PLC0415 - D-Bus is only needed by the daemon proper
+    from wkd.system import systemd  # noqa: PLC0415
 
-    os.makedirs(config.daemon.state_dir, mode=0o700, exist_ok=True)
-    engine = make_engine(config)
-    systemd.status("opening the HSM")
-    await engine.start()
-    info = await engine.hsm_info()
-    kind = "SOFTWARE token (SoftHSM2)" if info.software else "hardware token"
-    embedded = ", embedded in " + config.daemon.state_dir if info.embedded else ""
-    handle = await serve(engine, bus_address)
-    hotplug = _start_hotplug(engine)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log_event(log, MessageId.DAEMON_STARTED,
-              f"wkd {__version__} ready: HSM {info.token_label!r} is a {kind}{embedded}",
-              operation="start", result="ok")
-    systemd.ready(f"serving; HSM token {info.token_label} ({kind})")
-    watchdog = asyncio.create_task(systemd.watchdog_loop())
-    closed = asyncio.create_task(handle.wait_closed())
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    lost_bus = not stop.is_set()
-    systemd.stopping()
-    for task in (watchdog, closed, stopped):
-        task.cancel()
-    if hotplug is not None:
-        hotplug.close()
-    await handle.close()
-    await engine.stop()
-    if lost_bus:
+    task = asyncio.current_task()
+    assert task is not None
+    daemon = _Daemon(config, bus_address)
+    lost_bus = False
+    with stop.cancelling(task):
+        try:
+            status = await daemon.start()
+            systemd.ready(status)
+            watchdog = asyncio.create_task(systemd.watchdog_loop())
+            try:
+                assert daemon.service is not None
+                await daemon.service.wait_closed()
+                lost_bus = True
+            finally:
+                watchdog.cancel()
+        except asyncio.CancelledError:
+            if not stop.requested:
+                raise
+            task.uncancel()
+        finally:
+            systemd.stopping()
+            # A second stop request must not cancel the clean-up (StopSignals acts once).
+            await daemon.stop()
+    if lost_bus and not stop.requested:
         # Not asked to stop: the bus went away under us. Fail, so that Restart=on-failure
         # brings the daemon (and its hot-plug monitoring) back rather than waiting for the
         # next bus activation.
@@ -166,7 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str, status: int) -> int:
+    """One log line, no traceback: for what an administrator can fix. Under systemd it is in
+    `systemctl status wkd`; run by hand on a terminal, it is shown there too."""
+    log.error("%s", message)
+    to_journal = not any(isinstance(h, StderrHandler) for h in logging.getLogger().handlers)
+    if to_journal and sys.stderr.isatty():
+        print(f"wkd: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stop = StopSignals().install()  # first: from here on a stop signal is a request
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, force_stderr=args.log_stderr)
     # Keys pass through this process: no core dumps, no ptrace by other uids.
@@ -175,15 +252,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "detach":
             return _detach(args.name)  # needs no configuration, HSM or event loop
         config = _load(args)
+        if stop.requested:
+            return 0
         import asyncio  # noqa: PLC0415 - see the note on imports above
 
         if args.command == "attach":
             return asyncio.run(_attach(config, args.name, args.wkdtab))
-        return asyncio.run(run_daemon(config, args.bus_address))
+        return asyncio.run(run_daemon(config, args.bus_address, stop))
+    except errors.InvalidConfig as e:
+        return _fail(f"configuration error: {e}", EX_CONFIG)
     except errors.WkdError as e:
-        log.error("%s", e)
-        print(f"wkd: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        return _fail(f"{e.strerror or type(e).__name__}{where}", 1)
     except KeyboardInterrupt:
         return 130
 

@@ -1,6 +1,6 @@
 """The main job on the embedded default, end to end through the D-Bus API.
 
-    python3 -m wkd.demo [--keep]
+    python3 -m devtools.demo [--keep]   (./dev demo)
 
 Starts a private system-like bus and the wkd daemon on it with its embedded SoftHSM2 token (in a
 temporary state directory), then walks a loop-backed image through Format -> Unlock -> Rewrap ->
@@ -26,11 +26,13 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 
+from devtools.busclient import CallError, call, wait_for_name
+from devtools.privatebus import PrivateBus, start_private_bus
+from devtools.process import stop_process
 from wkd import luks2
-from wkd.busclient import CallError, call, wait_for_name
-from wkd.privatebus import PrivateBus, start_private_bus
+from wkd.bus.api import MANAGER, PROPERTIES, ROOT_PATH, VOLUME
 
-SERVICE, ROOT, MANAGER, VOLUME = "org.wkd1", "/org/wkd1", "org.wkd1.Manager", "org.wkd1.Volume"
+ROOT = ROOT_PATH
 IMAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -43,7 +45,7 @@ def say(text: str = "") -> None:
 
 
 async def props(bus: MessageBus, path: str, iface: str) -> dict[str, Any]:
-    (values,) = await call(bus, path, "org.freedesktop.DBus.Properties", "GetAll", "s", iface)
+    (values,) = await call(bus, path, PROPERTIES, "GetAll", "s", iface)
     return {k: v.value for k, v in values.items()}
 
 
@@ -175,7 +177,8 @@ def _keyref(table: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m wkd.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m devtools.demo",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -221,12 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             print("--- daemon log ---\n" + log_path.read_text()[-4000:], file=sys.stderr)
         return 1
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        if daemon is not None:
+            stop_process(daemon, timeout=15)
         if bus is not None:
             bus.stop()
         if loop_dev:

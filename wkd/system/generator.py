@@ -1,6 +1,6 @@
 """systemd generator: one unlock unit per /etc/wkdtab entry (systemd.generator(7)).
 
-    python3 -m wkd.generator NORMAL_DIR [EARLY_DIR LATE_DIR]
+    python3 -m wkd.system.generator NORMAL_DIR [EARLY_DIR LATE_DIR]
 
 Modelled line for line on systemd-cryptsetup-generator (systemd 252), so a wkd volume behaves at
 boot like a crypttab volume: for entry NAME it writes

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wkd import errors
+from devtools.process import stop_process
 
 BUS_CONF_TEMPLATE = """<!DOCTYPE busconfig PUBLIC
  "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
@@ -53,12 +53,12 @@ _INSTALLED_POLICY = "/usr/share/dbus-1/system.d/org.wkd1.conf"
 
 def wkd_bus_policy() -> str:
     """dbus/org.wkd1.conf of this source tree, else the installed copy."""
-    here = Path(__file__).resolve().parents[1] / "dbus" / "org.wkd1.conf"
+    here = Path(__file__).resolve().parents[1] / "dbus" / "org.wkd1.conf"  # the source tree
     if here.exists():
         return str(here)
     if os.path.exists(_INSTALLED_POLICY):
         return _INSTALLED_POLICY
-    raise errors.InvalidConfig("cannot find org.wkd1.conf (the wkd bus policy)")
+    raise FileNotFoundError("cannot find org.wkd1.conf (the wkd bus policy)")
 
 
 @dataclass
@@ -68,13 +68,7 @@ class PrivateBus:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
 
 
 def start_private_bus(workdir: str | Path, *, timeout: float = 10.0) -> PrivateBus:
@@ -92,7 +86,7 @@ def start_private_bus(workdir: str | Path, *, timeout: float = 10.0) -> PrivateB
     deadline = time.monotonic() + timeout
     while not socket.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise errors.Failed("the private dbus-daemon did not start")
+            stop_process(proc, timeout=5)
+            raise RuntimeError("the private dbus-daemon did not start")
         time.sleep(0.02)
     return PrivateBus(address=f"unix:path={socket}", socket=str(socket), proc=proc)
