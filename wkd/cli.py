@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -26,6 +27,10 @@ from wkd.bus.api import ROOT_PATH as ROOT
 from wkd.errors import all_errors
 
 EXIT_CODES = {cls.dbus_name: cls.exit_code for cls in all_errors()}
+# Errors of a failed bus activation (dbus-daemon's own, or systemd's when the unit fails).
+ACTIVATION_ERRORS = ("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")
+SYSTEMD = "org.freedesktop.systemd1"
+SYSTEMD_UNIT = "/org/freedesktop/systemd1/unit/wkd_2eservice"  # sd_bus_path_encode
 
 
 class CliError(Exception):
@@ -54,8 +59,24 @@ class Client:
             text = str(reply.body[0]) if reply.body else name
             if name == "org.freedesktop.DBus.Error.ServiceUnknown":
                 raise CliError("wkd is not running (no org.wkd1 on the bus)", 1)
+            if name.startswith(ACTIVATION_ERRORS):
+                raise CliError(await self._start_failure(text), 1)
             raise CliError(text, EXIT_CODES.get(name, 1))
         return list(reply.body)
+
+    async def _start_failure(self, text: str) -> str:
+        """The bus could not start wkd (bus activation): say why, from the status text the
+        daemon left with systemd before it exited (a configuration error names file, section
+        and key). Unit properties are readable by anyone on the system bus."""
+        why = ""
+        with contextlib.suppress(Exception):
+            reply = await self.bus.call(Message(
+                destination=SYSTEMD, path=SYSTEMD_UNIT, interface=PROPS, member="Get",
+                signature="ss", body=["org.freedesktop.systemd1.Service", "StatusText"]))
+            if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
+                why = str(reply.body[0].value)
+        return (f"wkd could not be started: {why or text} "
+                "(systemctl status wkd; journalctl -u wkd)")
 
     async def props(self, path: str, interface: str) -> dict[str, Any]:
         (d,) = await self.call("GetAll", "s", [interface], path=path, interface=PROPS)

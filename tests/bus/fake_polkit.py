@@ -9,6 +9,7 @@ unchanged (no patched function).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -56,6 +57,7 @@ class _Authority(ServiceInterface):
         values = {k: v.value for k, v in props.items()}
         uid = await self.owner.uid_of(values.get("name", ""))
         self.calls.append(Check(kind, values, action_id, flags, uid))
+        await self.owner.released.wait()
         answer = self.rules.answer(action_id)
         return [answer == "allow", answer == "challenge", {}]
 
@@ -66,6 +68,8 @@ class FakePolkit:
         self.rules = Rules()
         self.calls: list[Check] = []
         self.bus: MessageBus | None = None
+        self.released = asyncio.Event()  # cleared by hold(): answers wait for release()
+        self.released.set()
 
     async def start(self) -> FakePolkit:
         self.bus = await MessageBus(bus_address=self.address).connect()
@@ -92,6 +96,20 @@ class FakePolkit:
 
     def set_default(self, answer: str) -> None:
         self.rules.default = answer
+
+    def hold(self) -> None:
+        """Answer nothing until release(): checks pile up as with a slow polkit."""
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def wait_for_calls(self, n: int, timeout: float) -> None:
+        async def enough() -> None:
+            while len(self.calls) < n:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(enough(), timeout)
 
     async def stop(self) -> None:
         if self.bus is not None:

@@ -40,6 +40,8 @@ def test_defaults_when_default_file_is_missing(monkeypatch, tmp_path):
     assert config.source is None
     assert config.daemon.state_dir == "/var/lib/wkd"
     assert config.daemon.allow_image_files is False
+    # The recovery passphrase in a bus message (ay) is refused unless enabled (issue 11).
+    assert config.daemon.allow_passphrase_in_message is False
     assert config.hsm.module == ""
     assert config.hsm.token_label == ""
     assert config.hsm.pin_file == ""
@@ -126,6 +128,8 @@ def test_invalid_utf8(tmp_path):
         ('[daemon]\nstate_dir = "/a\\u0000b"', "daemon", "state_dir", "NUL"),
         ('[daemon]\nallow_image_files = "yes"', "daemon", "allow_image_files", "boolean"),
         ("[daemon]\nallow_image_files = 1", "daemon", "allow_image_files", "boolean"),
+        ('[daemon]\nallow_passphrase_in_message = "true"', "daemon",
+         "allow_passphrase_in_message", "boolean"),
         ("[hsm]\nmodule = false", "hsm", "module", "must be a string"),
         ('[hsm]\nmodule = "libsofthsm2.so"\ntoken_label = "t"', "hsm", "module", "absolute"),
         ("[hsm]\ntoken_label = []", "hsm", "token_label", "must be a string"),
@@ -230,3 +234,8 @@ def test_recovery_kdf_settings() -> None:
                 {"recovery_pbkdf_ms": True}, {"recovery_pbkdf_ms": "2000"}):
         with pytest.raises(InvalidConfig, match="recovery_pbkdf"):
             parse_config({"volumes": bad})
+
+
+def test_passphrase_in_message_can_be_enabled(tmp_path):
+    path = write(tmp_path, "[daemon]\nallow_passphrase_in_message = true\n")
+    assert load_config(path).daemon.allow_passphrase_in_message is True

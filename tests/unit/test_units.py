@@ -56,6 +56,8 @@ def test_service_type_watchdog_and_bus(service):
     assert one(service, "Service", "NotifyAccess") == "main"
     assert one(service, "Service", "WatchdogSec") == "30"
     assert one(service, "Service", "Restart") == "on-failure"
+    # wkd exits with EX_CONFIG on a configuration error (wkd/system/daemon.py): no restart.
+    assert one(service, "Service", "RestartPreventExitStatus") == "78"
     assert one(service, "Service", "BusName") == "org.wkd1"
     assert one(service, "Service", "ExecStart") == "/usr/bin/wkd --state-dir /var/lib/wkd"
     assert one(service, "Service", "StateDirectory") == "wkd"
@@ -96,6 +98,7 @@ def test_dbus_activation_file_names_this_service():
     ("SystemCallArchitectures", "native"),
     ("KeyringMode", "private"),
     ("LimitMEMLOCK", "64M"),
+    ("LimitNOFILE", "1024"),
 ])
 def test_hardening_directive(service, key, expected):
     assert one(service, "Service", key) == expected

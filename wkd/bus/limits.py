@@ -66,22 +66,23 @@ def payload_bytes(body: Any, limit: int) -> int:
     stack: list[Any] = [body]
     while stack:
         item = stack.pop()
+        children: Any = ()
         if isinstance(item, str | bytes | bytearray):
             total += len(item) + 8
         elif isinstance(item, list | tuple):
             total += 8 * len(item) + 8
-            stack.extend(item)
+            children = item
         elif isinstance(item, Mapping):
             total += 16 * len(item) + 8
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            children = [*item.keys(), *item.values()] if total <= limit else ()
         elif hasattr(item, "signature") and hasattr(item, "value"):  # a Variant
             total += len(item.signature) + 8
-            stack.append(item.value)
+            children = (item.value,)
         else:
             total += 8
         if total > limit:
-            return total
+            return total  # before visiting the children: a huge container costs O(1)
+        stack.extend(children)
     return total
 
 

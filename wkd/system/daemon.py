@@ -234,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(message: str, status: int) -> int:
     """One log line, no traceback: for what an administrator can fix. Under systemd it is in
-    `systemctl status wkd`; run by hand on a terminal, it is shown there too."""
+    `systemctl status wkd` (the log and the unit's status text, which wkdctl shows when a bus
+    activation fails); run by hand on a terminal, it is shown there too."""
+    from wkd.system import systemd  # noqa: PLC0415 - socket code only
+
     log.error("%s", message)
+    systemd.status(" ".join(message.split()))
     to_journal = not any(isinstance(h, StderrHandler) for h in logging.getLogger().handlers)
     if to_journal and sys.stderr.isatty():
         print(f"wkd: {message}", file=sys.stderr)
