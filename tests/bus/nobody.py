@@ -17,7 +17,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import dbus_fast.aio  # noqa: F401 - loaded for the child
+# Loaded here for the child, which may not be able to import anything once it is nobody.
+import dbus_fast.aio
 import dbus_fast.auth  # noqa: F401
 
 NOBODY = 65534

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+
 from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 

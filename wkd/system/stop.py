@@ -16,13 +16,15 @@ epoll_wait; signal.set_wakeup_fd) is scoped to the loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import socket
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # asyncio is imported where it is used: `wkd detach` must not load it
+    import asyncio
 
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
@@ -54,7 +56,7 @@ class StopSignals:
     @contextlib.contextmanager
     def cancelling(self, task: asyncio.Task[object]) -> Iterator[None]:
         """While inside, a stop request cancels `task` (at once if one came already)."""
-        loop = asyncio.get_running_loop()
+        loop = task.get_loop()
         rsock, wsock = socket.socketpair()
         rsock.setblocking(False)
         wsock.setblocking(False)
