@@ -12,6 +12,7 @@ with a call, as a client waiting for the service would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
@@ -163,15 +164,44 @@ def test_sigterm_at_random_instants_is_always_a_clean_stop(tmp_path) -> None:
         bus.stop()
 
 
-def test_losing_the_bus_is_a_failure_exit() -> None:
+async def test_losing_the_bus_is_a_failure_exit() -> None:
+    """The bus goes away while calls are in flight (nobody's waiting on polkit, root's Format
+    running): status 1 and one line, no traceback (replies for a vanished bus are dropped)."""
+    import asyncio
+
+    from tests.bus.fake_polkit import FakePolkit
+    from tests.bus.nobody import run_as_nobody
+    from tests.bus.test_descriptors import many_kek_calls
+
     with tempfile.TemporaryDirectory(prefix="wkd-life-") as d:
+        os.chmod(d, 0o755)
         bus = start_private_bus(f"{d}/bus")
         daemon = start_daemon(bus.address, d)
-        bus.stop()
-        rc = daemon.proc.wait(30)
+        polkit = await FakePolkit(bus.address).start()
+        client = await MessageBus(bus_address=bus.address).connect()
+        try:
+            polkit.hold()
+            nobody = asyncio.ensure_future(run_as_nobody(many_kek_calls, bus.address, 8))
+            image = Path(d) / "disk.img"
+            with open(image, "wb") as f:
+                f.truncate(32 << 20)
+            fmt = asyncio.ensure_future(client.call(Message(
+                destination=BUS_NAME, path=ROOT_PATH, interface=MANAGER, member="Format",
+                signature="ssa{sv}", body=[str(image), "", {}])))
+            await polkit.wait_for_calls(8, timeout=60)
+            bus.stop()
+            rc = await asyncio.to_thread(daemon.proc.wait, 30)
+            for fut in (nobody, fmt):
+                with contextlib.suppress(Exception):
+                    await fut
+        finally:
+            client.disconnect()
+            with contextlib.suppress(Exception):
+                await polkit.stop()
+            bus.stop()
         assert rc == 1, daemon.log_text()[-2000:]
         assert "connection was lost" in daemon.log_text()
-        assert "Traceback" not in daemon.log_text()
+        assert "Traceback" not in daemon.log_text(), daemon.log_text()[-3000:]
 
 
 def test_configuration_error_is_ex_config(tmp_path) -> None:

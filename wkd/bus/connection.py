@@ -143,6 +143,25 @@ class WkdBus(MessageBus):
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             self.send(Message.new_error(msg, name, text))
 
+    # --- sending ---------------------------------------------------------------------------
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        """dbus-fast's send, minus the noise of a vanished bus: a reply or signal for a
+        connection that is gone is dropped (the daemon is exiting anyway: run_daemon sees
+        the disconnect), and a failed write is consumed here instead of surfacing as
+        "Future exception was never retrieved" with a traceback in the journal."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.connected:
+            done.set_result(None)
+            return done
+        try:
+            fut: asyncio.Future[None] = super().send(msg)
+        except OSError as e:
+            log.debug("dropped a message on a closed connection: %s", e)
+            done.set_result(None)
+            return done
+        fut.add_done_callback(_consume)
+        return fut
+
     # --- ObjectManager signals: ours come from /org/wkd1 (wkd/bus/tree.py) ------------------
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         # dbus-fast emits InterfacesAdded/Removed from the exported object's own path on every
@@ -154,6 +173,11 @@ class WkdBus(MessageBus):
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if not path.startswith(ROOT_PATH + "/"):
             super()._emit_interface_removed(path, removed_interfaces)
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("a message was not sent: %s", fut.exception())
 
 
 class _Refusal(Exception):
