@@ -36,9 +36,13 @@ def test_wkdctl_commands(wkd_daemon, image, tmp_path):
     assert r.returncode == 0, r.stderr
     r = wkdctl(a, "status")
     assert r.returncode == 0 and uuid in r.stdout and "SOFTWARE token" in r.stdout
+    header, *rows = r.stdout.splitlines()[1:]
+    assert header.split()[-1] == "CONDITION"
+    assert any(uuid in row and row.split()[-1] == "ok" for row in rows), r.stdout
     r = wkdctl(a, "--json", "list")
     vols = json.loads(r.stdout)["volumes"]
-    assert any(v["Uuid"] == uuid and v["Kek"] == "cli-kek" for v in vols)
+    assert any(v["Uuid"] == uuid and v["Kek"] == "cli-kek" and v["Condition"] == "ok"
+               for v in vols)
     r = wkdctl(a, "rewrap-all", "cli-kek", "wkd-default", env={"WKDCTL_PROGRESS": "1"})
     assert r.returncode == 0, r.stderr
     assert "completed" in r.stdout and "[" in r.stderr  # the progress bar
