@@ -135,7 +135,9 @@ class WkdBus(MessageBus):
 
     def _refuse(self, msg: Message, e: WkdError | _Refusal) -> None:
         name, text = (e.dbus_name, e.message) if isinstance(e, WkdError) else (e.name, e.text)
-        held = self._log_limiter.take(("refused", msg.sender))
+        # One bucket for all senders: the uid is not known yet, and a user can open many
+        # connections (a key per connection would multiply the burst).
+        held = self._log_limiter.take("refused")
         if held is not None:
             more = f" ({held} similar lines held back)" if held else ""
             log.info("refused %s.%s from %s: %s%s", msg.interface, msg.member, msg.sender,

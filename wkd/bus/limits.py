@@ -36,8 +36,8 @@ MAX_PENDING_PER_UID: Final = 32
 # (1024 x 16 KiB = 16 MiB at worst).
 MAX_PENDING_TOTAL: Final = 1024
 # Descriptors one call may carry is the XML's org.wkd1.UnixFds (Format: 1); calls holding
-# descriptors while they wait, over all. With MAX_HELD_FDS this is the daemon's descriptor
-# budget for clients, see units/wkd.service LimitNOFILE=.
+# descriptors while they wait, over all: the daemon's descriptor budget for clients (see
+# units/wkd.service, LimitNOFILE=).
 MAX_CALLS_WITH_FDS: Final = 64
 # polkit checks in flight at once: below dbus-daemon's max_replies_per_connection (128 on
 # the system bus), so the daemon's own calls to the bus driver still get through.
@@ -49,9 +49,10 @@ MAX_RUNNING_JOBS: Final = 2
 # most); past this the oldest finished one goes first.
 MAX_FINISHED_JOBS: Final = 16
 JOB_LINGER_SECONDS: Final = 300.0
-# Log lines about refused calls: per caller (uid when known, else its connection), a burst
-# of LOG_BURST, then LOG_PER_SECOND on average; what is held back is counted and said with
-# the next line let through. journald's own rate limit (RateLimitBurst=) would otherwise
+# Log lines about refused calls: refusals before authorization share one bucket (the uid is
+# not known yet), denials by polkit have one per uid: a burst of LOG_BURST, then
+# LOG_PER_SECOND on average; what is held back is counted and said with the next line let
+# through. journald's own rate limit (RateLimitBurst=) would otherwise
 # drop the daemon's important entries along with a flood's.
 LOG_BURST: Final = 10
 LOG_PER_SECOND: Final = 0.5
