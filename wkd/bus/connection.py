@@ -110,7 +110,13 @@ class WkdBus(MessageBus):
             allow_interactive=bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
             no_reply=bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED))
 
+        released = False
+
         def release(fut: Any = None) -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             ctx.close_fds()
             self._admission.release(sender, fds=len(fds))
             self._in_flight.discard(fut)
@@ -129,9 +135,10 @@ class WkdBus(MessageBus):
         if not started:
             release()  # not dispatched (unknown path, bad descriptor index): nothing runs
             return
-        for fut in started:
-            self._in_flight.add(fut)
-            fut.add_done_callback(release)
+        # One call, one task: its end releases the call, whatever its outcome.
+        fut = started.pop()
+        self._in_flight.add(fut)
+        fut.add_done_callback(release)
 
     def _refuse(self, msg: Message, e: WkdError | _Refusal) -> None:
         name, text = (e.dbus_name, e.message) if isinstance(e, WkdError) else (e.name, e.text)
