@@ -218,6 +218,48 @@ def test_configuration_error_is_ex_config(tmp_path) -> None:
     assert not (tmp_path / "state").exists()  # nothing was started
 
 
+async def test_configuration_error_reaches_a_waiting_caller(tmp_path) -> None:
+    """A caller waiting for the service (as a bus activation queues it) gets the error and
+    its message at once, not a timeout; the daemon still exits with 78."""
+    import asyncio
+
+    bus = start_private_bus(tmp_path / "bus")
+    client = await MessageBus(bus_address=bus.address).connect()
+    try:
+        appeared = asyncio.Event()
+
+        def on_signal(msg: Message) -> bool:
+            if (msg.message_type is MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                    and msg.body[0] == BUS_NAME and msg.body[2]):
+                appeared.set()
+            return False
+
+        client.add_message_handler(on_signal)
+        await client.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+            body=[f"type='signal',member='NameOwnerChanged',arg0='{BUS_NAME}'"]))
+        config = tmp_path / "wkd.toml"
+        config.write_text("[daemon]\nallow_image_file = true\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wkd", "--bus-address", bus.address, "--state-dir",
+             str(tmp_path / "state"), "--config", str(config), "--log-stderr"],
+            cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        await asyncio.wait_for(appeared.wait(), 60)
+        reply = await client.call(Message(destination=BUS_NAME, path=ROOT_PATH,
+                                          interface=MANAGER, member="ListVolumes",
+                                          signature="a{sv}", body=[{}]))
+        assert reply is not None and reply.error_name == "org.wkd1.Error.InvalidConfig"
+        assert f"{config}: [daemon] unknown key 'allow_image_file'" in reply.body[0]
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 78, out
+        assert b"Traceback" not in out
+    finally:
+        client.disconnect()
+        bus.stop()
+
+
 def test_unwritable_state_directory_is_one_line(tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

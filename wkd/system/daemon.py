@@ -8,7 +8,8 @@ The daemon's life cycle, in this order (docs/design.md, "Life cycle"):
   1. stop signals are taken in hand (the first statement of `main`): from here a SIGTERM
      or SIGINT is a request to stop, never a kill;
   2. configuration: an invalid one ends the process with EX_CONFIG (78), which the unit does
-     not restart on (RestartPreventExitStatus=78), with a message naming file and key;
+     not restart on (RestartPreventExitStatus=78), with a message naming file and key; callers
+     a bus activation queued get that message as their error (wkd/bus/failed_start.py);
   3. the engine opens the HSM and finds the volumes; the bus service is prepared (connected,
      every object exported); hot-plug monitoring starts;
   4. the bus name org.wkd1 is taken -- last, so no caller reaches a half-built daemon --
@@ -246,6 +247,15 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _answer_waiting_callers(bus_address: str | None, message: str) -> None:
+    """Callers queued by a bus activation get the reason now, not a timeout in 25 s."""
+    import asyncio  # noqa: PLC0415 - see the note on imports above
+
+    from wkd.bus.failed_start import answer_waiting_callers  # noqa: PLC0415
+
+    asyncio.run(answer_waiting_callers(bus_address, errors.InvalidConfig(message)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stop = StopSignals().install()  # first: from here on a stop signal is a request
     args = build_parser().parse_args(argv)
@@ -264,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_attach(config, args.name, args.wkdtab))
         return asyncio.run(run_daemon(config, args.bus_address, stop))
     except errors.InvalidConfig as e:
-        return _fail(f"configuration error: {e}", EX_CONFIG)
+        status = _fail(f"configuration error: {e}", EX_CONFIG)
+        if args.command is None and not stop.requested:
+            _answer_waiting_callers(args.bus_address, f"configuration error: {e}")
+        return status
     except errors.WkdError as e:
         return _fail(str(e), e.exit_code)
     except OSError as e:

@@ -34,8 +34,11 @@ with Scenario() as t:
             took is not None, f"took {took}s, mappings {names}")
     obj = "/org/wkd1/volume/" + uuid.replace("-", "_")
     if names:
-        t.check("Volume object reports Active with that mapping",
-                t.get_property(obj, "org.wkd1.Volume", "Active") is True
+        # The mapping shows in sysfs while the daemon's activation call is still returning;
+        # the object follows once it has: wait for it rather than race it.
+        active = t.wait_for("Volume object Active", lambda: t.get_property(
+            obj, "org.wkd1.Volume", "Active") is True, BOUND)
+        t.check("Volume object reports Active with that mapping", active is not None
                 and t.get_property(obj, "org.wkd1.Volume", "MappedName") == names[0])
 
     reply = t.host("unplug", disk="hot")
