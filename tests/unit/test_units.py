@@ -57,7 +57,9 @@ def test_service_type_watchdog_and_bus(service):
     assert one(service, "Service", "WatchdogSec") == "30"
     assert one(service, "Service", "Restart") == "on-failure"
     # wkd exits with EX_CONFIG on a configuration error (wkd/system/daemon.py): no restart.
-    assert one(service, "Service", "RestartPreventExitStatus") == "78"
+    from wkd.system.daemon import EX_CONFIG
+
+    assert one(service, "Service", "RestartPreventExitStatus") == str(EX_CONFIG) == "78"
     assert one(service, "Service", "BusName") == "org.wkd1"
     assert one(service, "Service", "ExecStart") == "/usr/bin/wkd --state-dir /var/lib/wkd"
     assert one(service, "Service", "StateDirectory") == "wkd"

@@ -23,6 +23,8 @@ from wkd.bus.jobs import JobObject
 from wkd.bus.members import exported, method, variants
 from wkd.model import VolumeEvent, VolumeEventKind, VolumeInfo
 
+log = logging.getLogger("wkd.bus")
+
 
 def volume_properties(info: VolumeInfo) -> dict[str, Any]:
     """Plain values of every org.wkd1.Volume property (the XML gives their types)."""
@@ -124,8 +126,7 @@ class ObjectTree:
             else:
                 self.publish(event.info)
         except Exception:
-            logging.getLogger("wkd.bus").exception(
-                "could not apply volume event for %s", event.uuid)
+            log.exception("could not apply volume event for %s", event.uuid)
 
     def publish(self, info: VolumeInfo) -> str:
         """Export (or refresh) the object of a volume; return its path."""
