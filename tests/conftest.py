@@ -13,8 +13,14 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.host.engine_helpers import SEEN_SECRETS, forms
+
+# Hypothesis's default 200 ms deadline per example is a wall-clock race on 2 shared cores (a
+# VM beside the suite made a pure token-parsing example take 344 ms): no deadline.
+settings.register_profile("wkd", deadline=None)
+settings.load_profile("wkd")
 
 
 class _KeepAll(logging.Handler):
