@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 
-from wkd import luks2
+from wkd.disk import luks2
 from wkd.secret import SecretKey
 
 

@@ -29,8 +29,8 @@ from dbus_fast.aio import MessageBus
 from devtools.busclient import CallError, call, wait_for_name
 from devtools.privatebus import PrivateBus, start_private_bus
 from devtools.process import stop_process
-from wkd import luks2
 from wkd.bus.api import MANAGER, PROPERTIES, ROOT_PATH, VOLUME
+from wkd.disk import luks2
 
 ROOT = ROOT_PATH
 IMAGE_BYTES = 64 * 1024 * 1024

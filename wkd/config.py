@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from wkd.errors import InvalidConfig, InvalidName
-from wkd.names import validate_kek_label
+from wkd.values import KeySize, validate_kek_label
 
 DEFAULT_PATH: Final = "/etc/wkd/wkd.toml"
 # A configuration file is a few hundred bytes; refuse to read something absurd.
@@ -40,7 +40,7 @@ MAX_CONFIG_BYTES: Final = 1 << 20
 TOKEN_LABEL_MAX_BYTES: Final = 32
 # XTS splits its key in two (IEEE 1619): 512 bits is AES-256-XTS, 256 bits AES-128-XTS.
 ALLOWED_CIPHERS: Final = ("aes-xts-plain64",)
-ALLOWED_KEY_BITS: Final = (256, 512)
+ALLOWED_KEY_BITS: Final = tuple(int(k) for k in KeySize)
 
 _T = TypeVar("_T")
 

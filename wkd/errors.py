@@ -120,6 +120,44 @@ class NotUnlocked(WkdError):
     exit_code = 4
 
 
+class VolumeDamaged(WkdError):
+    """libcryptsetup refuses the volume's header, or its only wkd tokens are invalid: wkd
+    shows it as damaged in every view and acts on it in no way."""
+
+    dbus_name = ERROR_PREFIX + "VolumeDamaged"
+    exit_code = 7
+
+
+class DuplicateVolume(WkdError):
+    """Two present devices carry the volume's UUID; the message names both. Name one by its
+    device path."""
+
+    dbus_name = ERROR_PREFIX + "DuplicateVolume"
+    exit_code = 4
+
+
+class AlreadyUnlocked(WkdError):
+    """The volume is mapped under another name than the one asked for; the message names it."""
+
+    dbus_name = ERROR_PREFIX + "AlreadyUnlocked"
+    exit_code = 4
+
+
+class ForeignMapping(WkdError):
+    """The volume's mapping was not made by wkd (no record of it this boot); Lock needs the
+    force option to remove it."""
+
+    dbus_name = ERROR_PREFIX + "ForeignMapping"
+    exit_code = 4
+
+
+class StateUnwritable(WkdError):
+    """The state directory is full or read-only; nothing was written to any device."""
+
+    dbus_name = ERROR_PREFIX + "StateUnwritable"
+    exit_code = 4
+
+
 class DeviceMapperUnavailable(WkdError):
     """The kernel offers no device-mapper (no /dev/mapper/control)."""
 

@@ -73,6 +73,9 @@ class MessageId(enum.StrEnum):
     OPERATION_FAILED = "7945ffa3c09d4d38b24560246654f4b5"
     DAEMON_STARTED = "2564ba76cc724086b22346673eca8bac"
     RECONCILED = "d107343e75b0480ebfcb1ce441a61828"
+    VOLUME_DUPLICATE = "b3c85dcd711848828874cdf2176ede1f"
+    VOLUME_MOVED = "d16ac26c8b324f3d8e6b5531ca86ff56"
+    FORMAT_RECOVERED = "82da49a960f644e1b8f075978110f7e3"
 
 
 # --- redaction -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wkd.values import KeySize, MappingName
+from wkd.values import KeySize, LuksLabel, MappingName
 
 if TYPE_CHECKING:
     from wkd.secret import SecretKey
@@ -106,10 +106,6 @@ class VolumeInfo:
     # the Volume properties Condition and ConditionDetail.
     condition_detail: str = ""
 
-    @property
-    def active(self) -> bool:
-        return self.mapping is not None
-
 
 class VolumeEventKind(enum.StrEnum):
     ADDED = "added"
@@ -140,7 +136,7 @@ SYSTEM_CALLER = Caller(uid=0, pid=None, bus_name=None)
 class FormatOptions:
     force: bool = False  # format even over an existing signature (never over a mapped/mounted one)
     auto_unlock: bool = False  # unlock when hot-plugged
-    label: str | None = None  # LUKS2 label
+    label: LuksLabel | None = None  # LUKS2 label
     key_size: KeySize | None = None  # None -> config default
     # Adds an argon2id keyslot the administrator holds. Locked memory, never repr'd; the
     # engine wipes it once the keyslot is written (or the Format fails).
@@ -158,6 +154,9 @@ class UnlockOptions:
 @dataclass(frozen=True, slots=True)
 class LockOptions:
     deferred: bool = False  # defer removal until the last user closes it (dm deferred remove)
+    # Lock a mapping wkd has no record of making (opened with cryptsetup, or before wkd kept
+    # records); without it such a Lock is refused with ForeignMapping.
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)

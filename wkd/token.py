@@ -24,7 +24,7 @@ from typing import Final, NoReturn, TypeVar
 
 from wkd.errors import InvalidName, InvalidToken
 from wkd.model import Backend, Mechanism, TokenState, WrappedKey
-from wkd.names import validate_kek_label
+from wkd.values import ALLOWED_KEY_BYTES, validate_kek_label
 
 TOKEN_TYPE: Final = "wkd"  # noqa: S105 - a LUKS2 token type, not a password
 SCHEMA_VERSION: Final = 1
@@ -42,7 +42,7 @@ MAX_JSON_INT: Final = 2**53 - 1
 # LUKS2 supports keyslots 0..31 (LUKS2_KEYSLOTS_MAX in libcryptsetup).
 LUKS2_KEYSLOTS_MAX: Final = 32
 
-KEY_BYTES_ALLOWED: Final = (32, 64)
+KEY_BYTES_ALLOWED: Final = tuple(sorted(ALLOWED_KEY_BYTES))  # wkd.values.KeySize
 KEK_ID_MAX_HEX: Final = 128
 CIPHER_MAX: Final = 64
 
@@ -438,5 +438,20 @@ def new_token(
         state=state,
         created=format_created(now if now is not None else datetime.now(UTC)),
         auto_unlock=auto_unlock,
+        generation=generation,
+    )
+
+
+def rewrapped(current: WkdToken, wrapped: WrappedKey, generation: int) -> WkdToken:
+    """The staged token a rewrap writes beside `current`: the same volume key, now wrapped
+    by `wrapped`'s KEK, one generation on (docs/token-format.md, "Rewrap protocol")."""
+    return dataclasses.replace(
+        current,
+        kek_label=wrapped.kek_label,
+        kek_id=wrapped.kek_id,
+        mechanism=wrapped.mechanism,
+        wrapped_key=wrapped.blob,
+        key_bytes=wrapped.key_bytes,
+        state=TokenState.STAGED,
         generation=generation,
     )

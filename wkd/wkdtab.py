@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from wkd.errors import DeviceNotFound, InvalidConfig, InvalidName, VolumeNotFound
-from wkd.names import validate_mapping_name
+from wkd.values import MappingName
 
 WKDTAB_PATH: Final = "/etc/wkdtab"
 
@@ -282,7 +282,7 @@ def _parse_line(line: str, lineno: int) -> WkdtabEntry:
         del fields[2]
     name, device = fields[0], fields[1]
     try:
-        validate_mapping_name(name)
+        name = MappingName(name)
     except InvalidName as exc:
         raise ValueError(str(exc)) from None
     node = device_node(device)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.bus.conftest import REPO
-from wkd import luks2
+from wkd.disk import luks2
 
 
 def wkdctl(address: str, *args: str, env: dict[str, str] | None = None):

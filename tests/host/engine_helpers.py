@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wkd import luks2
 from wkd.config import Config, load_config
+from wkd.disk import luks2
+from wkd.disk.port import LocalDisk
 from wkd.engine import Engine
 from wkd.model import WrappedKey
 from wkd.system.daemon import make_engine
@@ -73,7 +74,7 @@ def header_bytes(path: str | Path, length: int = 16 * 1024 * 1024) -> bytes:
 
 async def clear_key(engine: Engine, path: str | Path) -> bytes:
     """The volume key, through the test-only path (never done by wkd itself)."""
-    key = await engine._hsm.unwrap(only_wrapped(path))
+    key = await engine._ctx.hsm.unwrap(only_wrapped(path))
     with key:
         clear = key.reveal_for_test()
     SEEN_SECRETS.append(clear)
@@ -134,8 +135,14 @@ def watch_logs() -> Iterator[LeakWatch]:
     watch.assert_clean()
 
 
-def new_engine(state_dir: Path, *, allow_files: bool = True) -> Engine:
-    return make_engine(config_for(state_dir, allow_files=allow_files))
+def new_engine(state_dir: Path, *, allow_files: bool = True,
+               devices: list[str] | None = None) -> Engine:
+    """An engine on the session's embedded token whose start-up scan looks only at
+    `devices` (none by default): tests must never pick up another test's (or another
+    checkout's) loop devices."""
+    scoped = LocalDisk(str(state_dir), allow_files=allow_files,
+                       candidates=lambda: list(devices or []))
+    return make_engine(config_for(state_dir, allow_files=allow_files), scoped)
 
 
 def luks_dump(path: str | Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.host import engine_helpers as h
-from wkd import luks2
+from wkd.disk import luks2
 from wkd.model import FormatOptions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.host import engine_helpers as h
-from wkd import errors, luks2
-from wkd.model import FormatOptions, UnlockOptions
+from wkd import errors
+from wkd.disk import luks2
+from wkd.model import FormatOptions, UnlockOptions, VolumeCondition
+from wkd.values import DevicePath, KekLabel
 
 _skip = h.need_tools()
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -53,9 +55,9 @@ class _World:
         self.engine = h.new_engine(tmp / "state")
         self.loop.run_until_complete(self.engine.start())
         with contextlib.suppress(errors.KekExists):
-            self.loop.run_until_complete(self.engine.create_kek("kek-b"))
+            self.loop.run_until_complete(self.engine.create_kek(KekLabel("kek-b")))
         self.info = self.loop.run_until_complete(
-            self.engine.format(str(self.image), None, FormatOptions()))
+            self.engine.format(DevicePath(str(self.image)), None, FormatOptions()))
         ((self.tid, self.valid),) = h.wkd_tokens(self.image).items()
 
     def close(self) -> None:
@@ -86,20 +88,33 @@ def test_mutated_token_gives_typed_error_and_unchanged_header(world: _World,
             dev.token_json_set(world.tid, json.dumps(doc))
         except errors.LuksError:
             return  # libcryptsetup itself refused the JSON: nothing reached the header
+    path = DevicePath(str(world.image))
+    condition = None
     try:
-        for op in ("get", "verify", "rewrap"):
+        for op in ("get", "list", "verify", "rewrap"):
             before = h.header_bytes(world.image)
-            coro = {"get": lambda: world.engine.get_volume(str(world.image)),
-                    "verify": lambda: world.engine.unlock(str(world.image),
-                                                          UnlockOptions(verify_only=True)),
-                    "rewrap": lambda: world.engine.rewrap(str(world.image), "kek-b")}[op]()
+            coro = {"get": lambda: world.engine.get_volume(path),
+                    "list": lambda: world.engine.list_volumes(),
+                    "verify": lambda: world.engine.unlock(path, UnlockOptions(verify_only=True)),
+                    "rewrap": lambda: world.engine.rewrap(path, KekLabel("kek-b"))}[op]()
             try:
-                world.loop.run_until_complete(coro)
-            except errors.WkdError:
+                result = world.loop.run_until_complete(coro)
+            except errors.WkdError as e:
                 assert h.header_bytes(world.image) == before, f"{op} failed but changed the header"
+                # One view: what get shows as damaged, every operation refuses as damaged.
+                if condition is VolumeCondition.DAMAGED:
+                    assert isinstance(e, errors.VolumeDamaged), f"{op}: {e.dbus_name}"
+                continue
             except Exception as e:  # pragma: no cover - the failure this test exists to catch
                 pytest.fail(f"{op} raised an untyped {type(e).__name__} for mutation {kind} "
                             f"{field!r}")
+            if op == "get":
+                condition = result.condition
+            elif op == "list":
+                (listed,) = [v for v in result if v.uuid == world.info.uuid]
+                assert listed.condition is condition, "ListVolumes and GetVolume disagree"
+            else:
+                assert condition is VolumeCondition.OK, f"{op} acted on a {condition} volume"
     finally:
         # Put the valid token back for the next example (a successful rewrap may have moved it).
         with luks2.Luks2Device.open(str(world.image)) as dev:

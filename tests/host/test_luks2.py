@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from wkd import luks2
+from wkd.disk import devices, luks2
 from wkd.errors import (
     DeviceMapperUnavailable,
     DeviceNotFound,
@@ -30,6 +30,7 @@ from wkd.errors import (
     NotUnlocked,
 )
 from wkd.secret import SecretKey
+from wkd.values import VolumeUuid
 
 if shutil.which("cryptsetup") is None:
     pytest.skip("the cryptsetup binary (cryptsetup-bin) is not installed", allow_module_level=True)
@@ -97,12 +98,18 @@ def loop_device(tmp_path: Path) -> Iterator[str]:
         subprocess.run(["losetup", "--detach", dev], check=False, timeout=30)
 
 
+def read_uuid(path: str) -> str | None:
+    """The LUKS UUID cryptsetup reads from `path`, None if it holds no LUKS header."""
+    res = subprocess.run(["cryptsetup", "luksUUID", path], capture_output=True, text=True)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
 # --- format and header fields -------------------------------------------------------------
 def test_format_then_reopen_reports_header_fields(image: str, key: SecretKey) -> None:
     with luks2.Luks2Device.format(image, key, label="data") as dev:
         uuid = dev.uuid
         assert UUID_RE.match(uuid)
-        assert dev.volume_key_size == 64
+        assert dev.data_offset == 16 * 1024 * 1024
         assert (dev.cipher, dev.cipher_mode) == ("aes", "xts-plain64")
     assert cryptsetup("luksUUID", image).stdout.decode().strip() == uuid
 
@@ -111,18 +118,15 @@ def test_format_then_reopen_reports_header_fields(image: str, key: SecretKey) ->
         assert dev.uuid == uuid
         assert dev.label == "data"
         assert (dev.cipher, dev.cipher_mode) == ("aes", "xts-plain64")
-        # LUKS2 stores the key size only in keyslots; with none, libcryptsetup 2.6 says 0.
-        assert dev.volume_key_size == 0
+        assert dev.data_offset == 16 * 1024 * 1024
         dev.add_passphrase_keyslot(key, _pw(b"recovery"), pbkdf_iterations=1000)
-    with luks2.Luks2Device.open(image) as dev:
-        assert dev.volume_key_size == 64
+    assert dump_json(image)["keyslots"]["0"]["key_size"] == 64
 
 
 def test_format_other_cipher_and_key_size(image: str) -> None:
     with new_key(32) as k, luks2.Luks2Device.format(image, k, cipher="aes",
                                                     cipher_mode="cbc-essiv:sha256",
                                                     sector_size=512) as dev:
-        assert dev.volume_key_size == 32
         assert dev.label == ""
         assert dev.verify_volume_key(k)
     seg = dump_json(image)["segments"]["0"]
@@ -150,30 +154,35 @@ def test_format_on_loop_device(loop_device: str, key: SecretKey) -> None:
         assert dev.verify_volume_key(key)
         assert dev.token_json_set(None, json.dumps(WKD_TOKEN)) == 0
     assert cryptsetup("isLuks", "--type", "luks2", loop_device).returncode == 0
-    assert luks2.read_uuid(loop_device) == uuid
+    assert read_uuid(loop_device) == uuid
     assert "0: wkd" in cryptsetup("luksDump", loop_device).stdout.decode()
+
+
+def test_format_with_a_chosen_uuid(image: str, key: SecretKey) -> None:
+    chosen = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+    with luks2.Luks2Device.format(image, key, uuid=chosen) as dev:
+        assert dev.uuid == chosen
+    assert read_uuid(image) == chosen
 
 
 def test_format_error_names_call_and_device(image: str, key: SecretKey) -> None:
     with pytest.raises(LuksError) as info:
         luks2.Luks2Device.format(image, key, sector_size=3000)  # not a power of two
     assert str(info.value) == f"crypt_format on {image} failed: Invalid argument"
-    assert luks2.read_uuid(image) is None
+    assert read_uuid(image) is None
 
 
 # --- open / read_uuid ---------------------------------------------------------------------
 def test_open_zero_filled_file_is_not_a_luks2_volume(image: str) -> None:
     with pytest.raises(NotAWkdVolume, match="is not a LUKS2 volume"):
         luks2.Luks2Device.open(image)
-    assert luks2.read_uuid(image) is None
+    assert read_uuid(image) is None
 
 
 def test_open_missing_path_raises_device_not_found(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.img")
     with pytest.raises(DeviceNotFound):
         luks2.Luks2Device.open(missing)
-    with pytest.raises(DeviceNotFound):
-        luks2.read_uuid(missing)
 
 
 def test_open_directory_is_not_a_block_device(tmp_path: Path) -> None:
@@ -187,12 +196,12 @@ def test_luks1_is_not_luks2_but_has_a_uuid(image: str) -> None:
     uuid = cryptsetup("luksUUID", image).stdout.decode().strip()
     with pytest.raises(NotAWkdVolume):
         luks2.Luks2Device.open(image)
-    assert luks2.read_uuid(image) == uuid
+    assert read_uuid(image) == uuid
 
 
 def test_read_uuid_of_formatted_image(formatted: str) -> None:
     with luks2.Luks2Device.open(formatted) as dev:
-        assert luks2.read_uuid(formatted) == dev.uuid
+        assert read_uuid(formatted) == dev.uuid
 
 
 def test_closed_device_refuses_use(formatted: str) -> None:
@@ -272,22 +281,6 @@ def test_passphrase_keyslot_refuses_wrong_volume_key(formatted: str) -> None:
     assert dump_json(formatted)["keyslots"] == {}
 
 
-# --- header backup ------------------------------------------------------------------------
-def test_header_backup_is_accepted_by_cryptsetup(formatted: str, tmp_path: Path) -> None:
-    backup = str(tmp_path / "header.bin")
-    with luks2.Luks2Device.open(formatted) as dev:
-        dev.token_json_set(None, json.dumps(WKD_TOKEN))
-        dev.header_backup(backup)
-        uuid = dev.uuid
-        with pytest.raises(LuksError, match="crypt_header_backup"):
-            dev.header_backup(backup)  # never overwrites an existing file
-    assert cryptsetup("isLuks", "--type", "luks2", backup).returncode == 0
-    assert cryptsetup("luksUUID", backup).stdout.decode().strip() == uuid
-    assert set(dump_json(backup)["tokens"]) == {"0"}
-    with luks2.Luks2Device.open(backup) as dev:
-        assert dev.uuid == uuid
-
-
 # --- activation and mappings --------------------------------------------------------------
 def test_activate_without_device_mapper_raises_typed_error(formatted: str,
                                                            key: SecretKey) -> None:
@@ -314,8 +307,6 @@ def test_device_mapper_probe_ignores_a_dead_control_node() -> None:
 def test_unknown_mapping_name() -> None:
     name = "wkd-nonexistent-name"
     assert luks2.status(name) is luks2.ActiveState.INACTIVE
-    assert luks2.active_uuid(name) is None
-    assert luks2.active_backing_device(name) is None
     with pytest.raises(NotUnlocked):
         luks2.deactivate(name)
 
@@ -337,8 +328,9 @@ def test_real_activation_round_trip(loop_device: str, key: SecretKey) -> None:
             with new_key() as wrong, pytest.raises(KeyMismatch):
                 dev.activate(f"{name}-wrong", wrong)
         assert luks2.status(name) in (luks2.ActiveState.ACTIVE, luks2.ActiveState.BUSY)
-        assert luks2.active_uuid(name) == uuid
-        assert luks2.active_backing_device(name) == loop_device
+        (mapping,) = [m for m in devices.dm_mappings() if m.name == name]
+        assert mapping.belongs_to(VolumeUuid(uuid))
+        assert mapping.backing_names == (os.path.basename(loop_device),)
         table = subprocess.run(["dmsetup", "table", "--showkeys", name], capture_output=True,
                                text=True, check=True).stdout
         assert ":logon:" in table  # kernel keyring reference, not the hex key

@@ -26,6 +26,7 @@ from wkd.values import (
     DevicePath,
     KekLabel,
     KeySize,
+    LuksLabel,
     MappingName,
     VolumeRef,
     VolumeUuid,
@@ -134,7 +135,7 @@ FORMAT_KEYS: Final = frozenset(
      "recovery-passphrase-fd"})
 
 
-def _label(options: Options) -> str | None:
+def _label(options: Options) -> LuksLabel | None:
     if "label" not in options:
         return None
     label = text(_get(options, "label", "s"), "label")
@@ -142,7 +143,7 @@ def _label(options: Options) -> str | None:
         raise InvalidArgument(f"label must be at most {MAX_LABEL_CHARS} bytes")
     if not label.isprintable():
         raise InvalidArgument("label must contain printable characters only")
-    return label
+    return LuksLabel(label)
 
 
 def _passphrase(options: Options, read_fd: ReadSecret | None,
@@ -196,10 +197,10 @@ def unlock_options(options: Options) -> UnlockOptions:
                          allow_discards=_bool(options, "allow-discards"))
 
 
-LOCK_KEYS: Final = frozenset({"deferred"})
+LOCK_KEYS: Final = frozenset({"deferred", "force"})
 
 
 def lock_options(options: Options) -> LockOptions:
     _check_keys(options, LOCK_KEYS, "Lock")
     _bool(options, "interactive")
-    return LockOptions(deferred=_bool(options, "deferred"))
+    return LockOptions(deferred=_bool(options, "deferred"), force=_bool(options, "force"))

@@ -37,14 +37,13 @@ from wkd import errors
 from wkd.model import Backend, HsmInfo, KekInfo, WrappedKey
 from wkd.model import Mechanism as WrapMechanism
 from wkd.secret import SecretKey, scrub_bytes
+from wkd.values import ALLOWED_KEY_BYTES  # the one list of volume-key sizes (KeySize)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 KEK_BITS: Final = 256
-# Volume-key sizes: aes-xts-plain64 with AES-128 (32 bytes) or AES-256 (64 bytes).
-ALLOWED_KEY_BYTES: Final = frozenset({32, 64})
 _KEK_ID_BYTES: Final = 16
 _LABEL_RE: Final = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
 # CKM_AES_KEY_WRAP_PAD (v2.40 current mechanisms §2.14.4) = RFC 5649: wraps any length, and

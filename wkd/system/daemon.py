@@ -45,7 +45,8 @@ from wkd.system.stop import StopSignals
 if TYPE_CHECKING:
     from wkd.bus.service import ServiceHandle
     from wkd.engine import Engine
-    from wkd.hotplug import Hotplug
+    from wkd.engine.ports import DiskPort
+    from wkd.system.hotplug import Hotplug
 
 log = logging.getLogger("wkd.daemon")
 
@@ -55,9 +56,11 @@ EX_CONFIG: Final = 78
 HOTPLUG_DRAIN_SECONDS: Final = 15.0
 
 
-def make_engine(config: Config) -> Engine:
-    """The engine on the configured HSM, or on the embedded SoftHSM2 token by default."""
-    from wkd.engine import Engine  # noqa: PLC0415 - see the note on imports above
+def make_engine(config: Config, disk: DiskPort | None = None) -> Engine:
+    """The engine on the configured HSM, or on the embedded SoftHSM2 token by default, and
+    on this machine's disks (tests pass a `disk` scoped to the devices they made)."""
+    from wkd.disk.port import LocalDisk  # noqa: PLC0415 - see the note on imports above
+    from wkd.engine import Engine  # noqa: PLC0415
     from wkd.hsm.pin import read_pin  # noqa: PLC0415
     from wkd.hsm.pkcs11 import Pkcs11Backend  # noqa: PLC0415
 
@@ -70,7 +73,9 @@ def make_engine(config: Config) -> Engine:
     else:
         backend = Pkcs11Backend(config.hsm.module, config.hsm.token_label,
                                 read_pin(config.hsm.pin_file or None))
-    return Engine(backend, config)
+    if disk is None:
+        disk = LocalDisk(config.daemon.state_dir, allow_files=config.daemon.allow_image_files)
+    return Engine(backend, disk, config)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -171,7 +176,7 @@ async def run_daemon(config: Config, bus_address: str | None, stop: StopSignals)
 
 def _start_hotplug(engine: Engine) -> Hotplug | None:
     try:
-        from wkd.hotplug import Hotplug  # noqa: PLC0415 - pyudev needs a udev-managed /dev
+        from wkd.system.hotplug import Hotplug  # noqa: PLC0415 - pyudev needs a udev-managed /dev
 
         return Hotplug(engine)
     except Exception as e:  # udev is optional: containers and CI hosts have no udevd
@@ -181,7 +186,7 @@ def _start_hotplug(engine: Engine) -> Hotplug | None:
 
 async def _attach(config: Config, name: str, wkdtab: str) -> int:
     from wkd.model import UnlockOptions  # noqa: PLC0415
-    from wkd.values import MappingName  # noqa: PLC0415
+    from wkd.values import DevicePath, MappingName  # noqa: PLC0415
     from wkd.wkdtab import load_wkdtab_entry  # noqa: PLC0415
 
     # Lenient, like the generator: a typo on another line must not keep this volume locked.
@@ -190,7 +195,7 @@ async def _attach(config: Config, name: str, wkdtab: str) -> int:
     # No discovery: one boot unit unlocks one volume and reads one header, not every disk.
     await engine.start(discover=False)
     try:
-        device = entry.resolve_device()
+        device = DevicePath(entry.resolve_device())
         await engine.unlock(device, UnlockOptions(name=MappingName(name), read_only=entry.read_only,
                                                   allow_discards=entry.discard))
     finally:
@@ -199,9 +204,9 @@ async def _attach(config: Config, name: str, wkdtab: str) -> int:
 
 
 def _detach(name: str) -> int:
-    from wkd import devices, luks2  # noqa: PLC0415
+    from wkd.disk import devices, luks2  # noqa: PLC0415
 
-    if not any(dm.name == name for dm in devices.dm_devices()):
+    if not any(dm.name == name for dm in devices.dm_mappings()):
         return 0  # already detached: stopping a unit twice is not an error
     luks2.deactivate(name)
     log_event(log, MessageId.VOLUME_LOCKED, f"detached {name}", operation="lock", result="ok",

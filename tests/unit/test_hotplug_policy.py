@@ -1,11 +1,13 @@
-"""wkd.udev: the hot-plug decision core driven by synthetic block events (no udev needed)."""
+"""wkd.core.hotplug: the hot-plug decision core driven by synthetic block events (no udev
+needed), and the pyudev adapter's glue (wkd.system.udev) without udev."""
 
 from __future__ import annotations
 
 import pytest
 
+from wkd.core.hotplug import BlockEvent, Cleanup, HotplugPolicy, Nothing, Unlock
 from wkd.errors import NotAWkdVolume
-from wkd.udev import BlockEvent, Cleanup, HotplugPolicy, Nothing, Unlock, event_from_device
+from wkd.system.udev import event_from_device
 
 U1 = "4f6c2a8e-3c1b-4d0e-9a57-0d1f3c2b1a00"
 U2 = "9d0f1b2c-0000-4000-8000-00000000beef"
@@ -27,10 +29,13 @@ class Marked:
 _seq = iter(range(1, 1_000_000))
 
 
+SDB = 8 << 8 | 16  # dev_t 8:16
+
+
 def ev(action: str, devnode: str = "/dev/sdb", fs_type: str | None = LUKS,
-       uuid: str | None = U1, seqnum: int | None = None) -> BlockEvent:
+       uuid: str | None = U1, seqnum: int | None = None, devnum: int = SDB) -> BlockEvent:
     return BlockEvent(action=action, devnode=devnode, fs_type=fs_type, fs_uuid=uuid,
-                      seqnum=next(_seq) if seqnum is None else seqnum)
+                      seqnum=next(_seq) if seqnum is None else seqnum, devnum=devnum)
 
 
 def kinds(actions):
@@ -60,8 +65,15 @@ def test_luks_device_not_marked_is_left_alone():
     policy = HotplugPolicy(marked)
     assert policy.on_event(ev("add"), now=1.0) == [Nothing("not marked for auto-unlock")]
     assert policy.unlocked == {}
-    # and its removal is not our business either
-    assert kinds(policy.on_event(ev("remove"), now=2.0)) == ["Nothing"]
+    # Its removal is still reported: the engine removes only mappings its records say it
+    # made on that very device (maybe unlocked over D-Bus), so a clean-up is always safe.
+    assert policy.on_event(ev("remove"), now=2.0) == [Cleanup("/dev/sdb", SDB)]
+
+
+def test_removal_of_a_device_never_seen_as_luks_is_ignored():
+    policy = HotplugPolicy(Marked(U1))
+    policy.on_event(ev("add", fs_type="ext4", uuid=None), now=0.0)
+    assert kinds(policy.on_event(ev("remove", fs_type=None, uuid=None), now=1.0)) == ["Nothing"]
 
 
 def test_change_storm_is_debounced():
@@ -83,12 +95,13 @@ def test_change_events_after_unlock_do_not_unlock_again():
         assert policy.on_event(ev("change"), now=t) == [Nothing("already unlocked")]
 
 
-def test_remove_cleans_up_what_we_unlocked():
+def test_remove_names_the_device_that_left():
     policy = HotplugPolicy(Marked(U1))
     policy.on_event(ev("add"), now=0.0)
-    # udev "remove" events may lack ID_FS_* properties: the devnode is enough.
+    # udev "remove" events may lack ID_FS_* properties: devnode and dev_t are enough, and
+    # the clean-up carries no volume UUID at all (a copy of a header has the same one).
     assert policy.on_event(ev("remove", fs_type=None, uuid=None), now=1.0) == [
-        Cleanup(uuid=U1, devnode="/dev/sdb")]
+        Cleanup(devnode="/dev/sdb", devnum=SDB)]
     assert policy.unlocked == {}
     assert kinds(policy.on_event(ev("remove"), now=2.0)) == ["Nothing"]  # only once
 
@@ -131,18 +144,22 @@ def test_other_actions_ignored():
     assert policy.unlocked == {}
 
 
-def test_header_wiped_under_open_mapping_cleans_up():
+def test_header_wiped_under_open_mapping_is_no_clean_up():
+    """The device did not leave: its mapping keeps working (the kernel holds the key) and
+    is removed only by Lock or when the device really goes."""
     policy = HotplugPolicy(Marked(U1))
     policy.on_event(ev("add"), now=0.0)
-    assert policy.on_event(ev("change", fs_type=None, uuid=None), now=5.0) == [
-        Cleanup(uuid=U1, devnode="/dev/sdb")]
+    assert kinds(policy.on_event(ev("change", fs_type=None, uuid=None), now=5.0)) == [
+        "Nothing"]
+    assert policy.unlocked == {}
+    assert policy.on_event(ev("remove", fs_type=None, uuid=None), now=6.0) == [
+        Cleanup("/dev/sdb", SDB)]
 
 
-def test_same_node_new_volume_cleans_old_then_considers_new():
+def test_same_node_new_volume_is_considered_afresh():
     policy = HotplugPolicy(Marked(U1, U2))
     policy.on_event(ev("add", uuid=U1), now=0.0)
-    assert policy.on_event(ev("change", uuid=U2), now=0.5) == [
-        Cleanup(uuid=U1, devnode="/dev/sdb"), Unlock("/dev/sdb", U2)]
+    assert policy.on_event(ev("change", uuid=U2), now=0.5) == [Unlock("/dev/sdb", U2)]
 
 
 def test_callback_error_is_reported_not_raised():
@@ -155,14 +172,12 @@ def test_callback_error_is_reported_not_raised():
     assert action.reason == "auto-unlock check failed: /dev/sdb has no wkd token"
 
 
-def test_unlock_failed_allows_retry_and_forget_skips_cleanup():
+def test_unlock_failed_allows_retry():
     policy = HotplugPolicy(Marked(U1), debounce=1.0)
     policy.on_event(ev("add"), now=0.0)
     policy.unlock_failed("/dev/sdb")
     assert policy.on_event(ev("change"), now=0.5) == [Nothing("debounced")]
     assert policy.on_event(ev("change"), now=1.5) == [Unlock("/dev/sdb", U1)]
-    policy.forget(U1)  # locked over D-Bus meanwhile
-    assert kinds(policy.on_event(ev("remove"), now=2.0)) == ["Nothing"]
 
 
 class _Props(dict):
@@ -172,20 +187,21 @@ class _Props(dict):
 class _Dev:
     """Shape of the pyudev.Device attributes event_from_device reads."""
 
-    def __init__(self, node, props, action=None, seq=0):
+    def __init__(self, node, props, action=None, seq=0, number=SDB):
         self.device_node = node
         self.properties = _Props(props)
         self.action = action
         self.sequence_number = seq
+        self.device_number = number
 
 
 @pytest.mark.parametrize(("dev", "action", "expected"), [
     (_Dev("/dev/sdb", {"ID_FS_TYPE": LUKS, "ID_FS_UUID": U1}, "change", 42), None,
-     BlockEvent("change", "/dev/sdb", LUKS, U1, 42)),
+     BlockEvent("change", "/dev/sdb", LUKS, U1, 42, SDB)),
     (_Dev("/dev/sdb", {"ID_FS_TYPE": LUKS, "ID_FS_UUID": U1}, None, 42), "add",
-     BlockEvent("add", "/dev/sdb", LUKS, U1, 0)),
+     BlockEvent("add", "/dev/sdb", LUKS, U1, 0, SDB)),
     (_Dev("/dev/sdc", {"ID_FS_TYPE": ""}, "remove", 7), None,
-     BlockEvent("remove", "/dev/sdc", None, None, 7)),
+     BlockEvent("remove", "/dev/sdc", None, None, 7, SDB)),
 ])
 def test_event_from_device(dev, action, expected):
     assert event_from_device(dev, action) == expected
@@ -200,12 +216,13 @@ def test_monitor_dispatches_actions_to_the_daemon_callbacks():
     import asyncio
 
     unlocked: list[tuple[str, str]] = []
-    cleaned: list[str] = []
+    cleaned: list[tuple[str, int]] = []
     loop = asyncio.new_event_loop()
     try:
-        from wkd.udev import UdevMonitor
+        from wkd.system.udev import UdevMonitor
 
-        mon = UdevMonitor(loop, lambda d, u: unlocked.append((d, u)), cleaned.append,
+        mon = UdevMonitor(loop, lambda d, u: unlocked.append((d, u)),
+                          lambda d, n: cleaned.append((d, n)),
                           Marked(U1), clock=lambda: 0.0, start=False)
         mon._dispatch(ev("add"))
         mon._dispatch(ev("change", "/dev/sdc", uuid=U2))  # not marked
@@ -214,4 +231,4 @@ def test_monitor_dispatches_actions_to_the_daemon_callbacks():
     finally:
         loop.close()
     assert unlocked == [("/dev/sdb", U1)]
-    assert cleaned == [U1]
+    assert cleaned == [("/dev/sdb", SDB)]
