@@ -205,6 +205,26 @@ async def test_tampered_blob_gives_unwrap_failed(engine: Engine, image: Path) ->
     assert h.header_bytes(image) == before
 
 
+async def test_rewrap_to_the_current_kek_proves_the_volume_opens(
+        engine: Engine, image: Path) -> None:
+    """Issue 9.4: with one bit of the wrapped key flipped, Unlock fails with UnwrapFailed;
+    Rewrap to the same KEK must not answer success (it did, checking nothing)."""
+    await engine.format(P(image), KEK_A, FormatOptions())
+    with luks2.Luks2Device.open(str(image)) as dev:
+        (tid,) = [t for t, ty in dev.token_list().items() if ty == "wkd"]
+        raw = json.loads(dev.token_json_get(tid))
+        blob = bytearray(base64.b64decode(raw["wrapped_key"]))
+        blob[20] ^= 0x01
+        raw["wrapped_key"] = base64.b64encode(bytes(blob)).decode()
+        dev.token_json_set(tid, json.dumps(raw))
+    before = h.header_bytes(image)
+    with pytest.raises(errors.UnwrapFailed):
+        await engine.unlock(P(image), VERIFY)
+    with pytest.raises(errors.UnwrapFailed):
+        await engine.rewrap(P(image), KEK_A)
+    assert h.header_bytes(image) == before
+
+
 async def test_missing_kek(engine: Engine, image: Path) -> None:
     before = h.header_bytes(image)
     with pytest.raises(errors.KekNotFound):

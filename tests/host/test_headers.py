@@ -11,8 +11,9 @@ import pytest
 
 from tests.host import engine_helpers as h
 from wkd.disk.headers import HeaderCache, read_raw
-from wkd.model import FormatOptions
-from wkd.values import DevicePath, LuksLabel
+from wkd import errors
+from wkd.model import FormatOptions, LockOptions, UnlockOptions, VolumeCondition
+from wkd.values import DevicePath, KekLabel, LuksLabel, VolumeUuid
 
 _skip = h.need_tools()
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -109,3 +110,32 @@ async def test_the_key_covers_both_header_copies(tmp_path: Path) -> None:
         f.seek(2 * hdr_size - 1)
         f.write(bytes([last ^ 0x80]))
     assert read_raw(str(img)).key != before
+
+
+async def test_a_damaged_header_is_damaged_in_every_view_and_refused(tmp_path: Path) -> None:
+    """Issue 9.3 through the engine: after the flip, no view serves the old header and no
+    operation acts on it (before, Rewrap to the current KEK answered success)."""
+    eng = h.new_engine(tmp_path / "state")
+    await eng.start()
+    try:
+        img = h.make_image(tmp_path / "v.img")
+        info = await eng.format(DevicePath(str(img)), None, FormatOptions())
+        uuid = VolumeUuid(info.uuid)
+        assert (await eng.get_volume(uuid)).condition is VolumeCondition.OK  # cache warm
+        flip_in_both_copies(img, 1000)
+        (listed,) = [v for v in await eng.list_volumes() if v.uuid == uuid]
+        for view in (listed, await eng.get_volume(uuid),
+                     await eng.get_volume(DevicePath(str(img)))):
+            assert view.condition is VolumeCondition.DAMAGED
+            assert "libcryptsetup refuses" in view.condition_detail
+            assert view.kek_label == "", "nothing from the refused header is shown"
+        before = h.header_bytes(img)
+        for ref in (uuid, DevicePath(str(img))):
+            for call in (eng.unlock(ref, UnlockOptions(verify_only=True)),
+                         eng.rewrap(ref, KekLabel("wkd-default")),
+                         eng.lock(ref, LockOptions())):
+                with pytest.raises(errors.VolumeDamaged):
+                    await call
+        assert h.header_bytes(img) == before
+    finally:
+        await eng.stop()
