@@ -107,6 +107,15 @@ def test_cleanup_matches_by_name_when_the_dev_t_is_unknown():
     assert removal.mapping.name == "data"
 
 
+def test_cleanup_of_a_mapping_whose_disk_vanished_from_sysfs():
+    gone = mapping("data")
+    gone = type(gone)(name=gone.name, dm_uuid=gone.dm_uuid, node=gone.node, dev=gone.dev)
+    (removal,) = plan_cleanup("/dev/vdb", dev_t(253, 16), dm(gone), [record("data")])
+    assert removal.mapping.name == "data"
+    # ... but only for the device its record names.
+    assert plan_cleanup("/dev/vdc", dev_t(253, 32), dm(gone), [record("data")]) == []
+
+
 names = st.sampled_from(["a", "b", "c"])
 nodes = st.sampled_from([("vdb", dev_t(253, 16)), ("vdc", dev_t(253, 32)),
                          ("vdd", dev_t(253, 48))])

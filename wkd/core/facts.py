@@ -115,6 +115,8 @@ class MappingRecord:
     def matches(self, mapping: DmMapping) -> bool:
         if mapping.name != self.name or not mapping.belongs_to(self.uuid):
             return False
+        if not (mapping.backing_names or mapping.backing_devs or mapping.backing_files):
+            return True  # its disk is gone from sysfs altogether: name and dm UUID must do
         if self.backing_dev:
             return (self.backing_dev in mapping.backing_devs
                     or self.device.removeprefix("/dev/") in mapping.backing_names)

@@ -93,7 +93,11 @@ def plan_cleanup(devnode: str, devnum: int, dm: DmState,
         mapping = dm.named(record.name)
         if mapping is None or not record.matches(mapping):
             continue
-        on_it = ((devnum != 0 and devnum in mapping.backing_devs)
+        # sysfs may show the slave by dev_t, by its kernel name (a dangling link once the
+        # disk is gone), or not at all any more; in the last case the record alone ties the
+        # mapping to the device that left (a mapping on another, present disk shows it).
+        orphaned = not (mapping.backing_names or mapping.backing_devs or mapping.backing_files)
+        on_it = ((devnum != 0 and devnum in mapping.backing_devs) or orphaned
                  or name in mapping.backing_names or devnode in mapping.backing_files)
         if on_it:
             out.append(Removal(mapping=mapping, record=record))
