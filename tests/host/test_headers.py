@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.host import engine_helpers as h
-from wkd.disk.headers import HeaderCache, read_raw
 from wkd import errors
+from wkd.disk.headers import HeaderCache, read_raw
 from wkd.model import FormatOptions, LockOptions, UnlockOptions, VolumeCondition
 from wkd.values import DevicePath, KekLabel, LuksLabel, VolumeUuid
 
