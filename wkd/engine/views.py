@@ -156,6 +156,7 @@ class Views:
         """Find every wkd volume on the candidate devices; report new ones."""
         ctx = self._ctx
         probes = await ctx.io(ctx.disk.scan)
+        visible = {u for u, seen in ctx.present.items() if seen}
         found: set[VolumeUuid] = set()
         for probe in probes:
             uuid = probe.read.uuid
@@ -164,9 +165,8 @@ class Views:
                 found.add(uuid)
         survey = await self.survey(p for u in found for p in ctx.places(u))
         for uuid in sorted(found):
-            known = uuid in ctx.registry
             assessment = self._learn(uuid, survey)
-            if assessment is not None and not known:
+            if assessment is not None and uuid not in visible:
                 ctx.emit(VolumeEventKind.ADDED, uuid, core.volume_info(assessment, survey.dm))
         return sorted(found)
 
@@ -180,13 +180,13 @@ class Views:
         uuid = probe.read.uuid
         if uuid is None or not core.carries(probe, uuid):
             return None
-        known = uuid in ctx.registry
+        visible = bool(ctx.present.get(uuid))  # seen on some device before this one
         ctx.saw(uuid, probe.device.path, True)
         assessment, survey = await self.assess(uuid)
         if assessment is None:
             return None
         info = core.volume_info(assessment, survey.dm)
-        ctx.emit(VolumeEventKind.CHANGED if known else VolumeEventKind.ADDED, uuid, info)
+        ctx.emit(VolumeEventKind.CHANGED if visible else VolumeEventKind.ADDED, uuid, info)
         return info
 
     async def device_left(self, path: str) -> None:
