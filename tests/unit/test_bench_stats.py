@@ -163,8 +163,8 @@ RAW = "\n".join([
     "EpollSelector.select (selectors.py:468) 100",
     T + "_worker (concurrent/futures/thread.py:81) 40",
     T + "_activate_sync (wkd/engine.py:366);"
-    "Luks2Device.verify_volume_key (wkd/luks2.py:372) 9",
-    T + "_read_header (wkd/engine.py:68);Luks2Device.open (wkd/luks2.py:238) 20",
+    "Luks2Device.verify_volume_key (wkd/disk/luks2.py:372) 9",
+    T + "_read_header (wkd/engine.py:68);Luks2Device.open (wkd/disk/luks2.py:238) 20",
     T + "work (wkd/hsm/pkcs11.py:420);_unwrap_obj (wkd/hsm/pkcs11.py:498) 10",
     "<module> (x.py:1);BaseSelectorEventLoop._write_to_self (asyncio/selector_events.py:139) 5",
     "<module> (x.py:1);Message._marshall (dbus_fast/message.py:200) 6",
@@ -204,7 +204,7 @@ def test_shares_leave_idle_out() -> None:
 
 def test_top_leaves_are_busy_frames_only() -> None:
     top = top_leaves(parse_raw(RAW), k=2)
-    assert top == [("Luks2Device.open (wkd/luks2.py:238)", 20),
+    assert top == [("Luks2Device.open (wkd/disk/luks2.py:238)", 20),
                    ("_unwrap_obj (wkd/hsm/pkcs11.py:498)", 10)]
 
 
