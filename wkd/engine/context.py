@@ -106,8 +106,7 @@ class Context:
 
     def _start_flush(self) -> None:
         self._flush_handle = None
-        task = asyncio.ensure_future(self.flush())
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        asyncio.ensure_future(self.flush()).add_done_callback(_log_failure)
 
     async def flush(self) -> None:
         """Write the registry if it changed; on failure keep it and retry later."""
@@ -126,3 +125,8 @@ class Context:
             self._flush_handle.cancel()
             self._flush_handle = None
         await self.flush()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("saving the volume registry failed", exc_info=task.exception())
