@@ -33,6 +33,7 @@ def test_values_are_typed():
                             "label": Variant("s", "x")})
     assert f == FormatOptions(force=True, key_size=KeySize.AES_128_XTS, label="x")
     assert opt.lock_options({"deferred": Variant("b", True)}).deferred is True
+    assert opt.lock_options({"force": Variant("b", True)}).force is True
 
 
 def test_positional_arguments_are_typed():
@@ -70,7 +71,7 @@ def test_arguments_refused(fn, arg, exc):
     (opt.format_options, {"key-bits": Variant("u", 128)}, InvalidArgument),
     (opt.format_options, {"label": Variant("s", "x" * 100)}, InvalidArgument),
     (opt.format_options, {"recovery-passphrase": Variant("s", "pw")}, InvalidArgument),
-    (opt.lock_options, {"force": Variant("b", True)}, UnknownOption),
+    (opt.lock_options, {"forced": Variant("b", True)}, UnknownOption),
 ])
 def test_refused(fn, opts, exc):
     with pytest.raises(exc):

@@ -40,7 +40,7 @@ FORBIDDEN: dict[str, set[str]] = {
                 "dbus_fast", "pyudev"},
     # The D-Bus adapter talks to the engine through its own protocol.
     "wkd.bus": {"wkd.engine", "wkd.disk", "wkd.hsm", "wkd.core", "wkd.system", "pyudev",
-                "pkcs11", "ctypes"},
+                "pkcs11"},
     # wkd.system is the composition root: it may import anything.
     "wkd.system": set(),
 }
